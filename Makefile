@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+EXTRAS ?= torch,plot,pipelines,dev
+STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
+
+.PHONY: install demo test lint format bench clean
+
+install: $(STAMP)
+
+# torch first, pinned: the CPU wheel on disk. An unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/r2vcal demo --out runs/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check r2vcal pipelines tests bench
+	$(BIN)/ruff format --check r2vcal pipelines tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format r2vcal pipelines tests bench
+	$(BIN)/ruff check --fix r2vcal pipelines tests bench
+
+test: lint
+	$(BIN)/python -m pytest -n 2 --durations=15
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_router.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
