@@ -6,4 +6,28 @@ matplotlib are imported lazily by the code paths that need them.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from r2vcal.baselines import (
+    EntropyRouter,
+    OracleRouter,
+    RandomRouter,
+    VerifierRouter,
+)
+from r2vcal.persist import load_router, save_router
+from r2vcal.router import (
+    PAPER_HIDDEN_LAYER_SIZES,
+    CVaRBrierRouter,
+    NoGroupsWarning,
+)
+
+__all__ = [
+    "PAPER_HIDDEN_LAYER_SIZES",
+    "CVaRBrierRouter",
+    "EntropyRouter",
+    "NoGroupsWarning",
+    "OracleRouter",
+    "RandomRouter",
+    "VerifierRouter",
+    "__version__",
+    "load_router",
+    "save_router",
+]

@@ -1,0 +1,330 @@
+"""Baseline routers with the same ``fit / predict_proba / route`` interface.
+
+* :class:`EntropyRouter` and :class:`VerifierRouter` escalate on one named feature
+  (token entropy, verifier score), the heuristics of the literature. Their raw
+  score is mapped to a probability by isotonic regression fitted in ``fit``, so
+  Brier/ECE comparisons are fair; any threshold on the probability is a threshold
+  on the raw feature.
+* :class:`RandomRouter` escalates a fixed share of steps at random.
+* :class:`OracleRouter` escalates exactly where the label says so. It reads the
+  label from a column of ``X`` and is **not deployable**: a hindsight reference.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.isotonic import IsotonicRegression
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    validate_data,
+)
+
+from r2vcal.persist import register_persistable
+from r2vcal.router import cost_threshold, encode_binary_target
+
+__all__ = ["EntropyRouter", "OracleRouter", "RandomRouter", "VerifierRouter"]
+
+_COST_CONSTRAINTS: dict[str, list[Any]] = {
+    "cost_slm": [Interval(Real, 0, None, closed="left")],
+    "cost_llm": [Interval(Real, 0, None, closed="left")],
+    "miss_cost": [Interval(Real, 0, None, closed="neither")],
+    "threshold": [Interval(Real, 0, 1, closed="both"), None],
+}
+
+
+class _BaseRouter(ClassifierMixin, BaseEstimator):
+    """Shared plumbing: binary target, Bayes threshold, ``route``."""
+
+    deployable: ClassVar[bool] = True
+
+    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+    def _fit_target(self, y: ArrayLike) -> NDArray[np.float64]:
+        return encode_binary_target(self, y)
+
+    def _set_threshold(self) -> None:
+        self.threshold_ = cost_threshold(self)
+
+    def _proba1(self, X: Any) -> NDArray[np.float64]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Probabilities of both classes; column 1 is "needs escalation"."""
+        p = self._proba1(X)
+        return np.column_stack([1.0 - p, p])
+
+    def decision_function(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Log-odds of the escalation probability."""
+        p = np.clip(self._proba1(X), 1e-12, 1 - 1e-12)
+        return np.asarray(np.log(p) - np.log1p(-p), dtype=np.float64)
+
+    def predict(self, X: ArrayLike) -> NDArray[Any]:
+        """Most likely class (probability threshold 0.5)."""
+        p = self._proba1(X)
+        return np.asarray(self.classes_[(p > 0.5).astype(np.intp)])
+
+    def route(self, X: ArrayLike, threshold: float | None = None) -> NDArray[np.bool_]:
+        """``True`` where the step should be escalated (probability >= threshold)."""
+        check_is_fitted(self)
+        tau = self.threshold_ if threshold is None else float(threshold)
+        return self._proba1(X) >= tau
+
+
+class _FeatureRouter(_BaseRouter):
+    """Escalate on a monotone function of a single feature column."""
+
+    _risk_increases: ClassVar[bool] = True
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "feature": [str, Interval(Integral, 0, None, closed="left")],
+        **_COST_CONSTRAINTS,
+    }
+
+    def __init__(
+        self,
+        feature: str | int = 0,
+        *,
+        cost_slm: float = 1.0,
+        cost_llm: float = 10.0,
+        miss_cost: float = 20.0,
+        threshold: float | None = None,
+    ) -> None:
+        self.feature = feature
+        self.cost_slm = cost_slm
+        self.cost_llm = cost_llm
+        self.miss_cost = miss_cost
+        self.threshold = threshold
+
+    def _column(self, X: Any, reset: bool) -> NDArray[np.float64]:
+        Xv = validate_data(self, X, reset=reset, dtype=np.float64)
+        if isinstance(self.feature, str):
+            names = getattr(self, "feature_names_in_", None)
+            if names is None or self.feature not in list(names):
+                raise ValueError(
+                    f"{type(self).__name__}(feature={self.feature!r}) needs X to be "
+                    f"a DataFrame with a column {self.feature!r}; got columns "
+                    f"{None if names is None else list(names)[:20]}."
+                )
+            j = list(names).index(self.feature)
+        else:
+            j = int(self.feature)
+            if j >= Xv.shape[1]:
+                raise ValueError(
+                    f"{type(self).__name__}(feature={j}) is out of range for X with "
+                    f"{Xv.shape[1]} columns."
+                )
+        return np.asarray(Xv[:, j], dtype=np.float64)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        groups: ArrayLike | None = None,
+        sample_weight: ArrayLike | None = None,
+    ) -> _FeatureRouter:
+        """Fit the isotonic map from the feature to the escalation probability.
+
+        ``groups`` is accepted for interface parity and ignored.
+        """
+        s = self._column(X, reset=True)
+        y01 = self._fit_target(np.asarray(y))
+        sw = _check_sample_weight(sample_weight, s.reshape(-1, 1))
+        iso = IsotonicRegression(
+            y_min=0.0, y_max=1.0, increasing=self._risk_increases, out_of_bounds="clip"
+        ).fit(s, y01, sample_weight=sw)
+        self.isotonic_x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
+        self.isotonic_y_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
+        self._set_threshold()
+        return self
+
+    def _proba1(self, X: Any) -> NDArray[np.float64]:
+        check_is_fitted(self)
+        s = self._column(X, reset=False)
+        return np.asarray(np.interp(s, self.isotonic_x_, self.isotonic_y_))
+
+
+@register_persistable
+class EntropyRouter(_FeatureRouter):
+    """Escalate when the SLM's token entropy is high (literature heuristic).
+
+    Parameters
+    ----------
+    feature : str or int, default="token_entropy_mean"
+        Column holding the entropy (name with DataFrame input, or index).
+    cost_slm, cost_llm, miss_cost, threshold
+        As in :class:`~r2vcal.CVaRBrierRouter`: ``threshold_`` is the Bayes rule
+        unless ``threshold`` is given.
+    """
+
+    _risk_increases = True
+
+    def __init__(
+        self,
+        feature: str | int = "token_entropy_mean",
+        *,
+        cost_slm: float = 1.0,
+        cost_llm: float = 10.0,
+        miss_cost: float = 20.0,
+        threshold: float | None = None,
+    ) -> None:
+        super().__init__(
+            feature,
+            cost_slm=cost_slm,
+            cost_llm=cost_llm,
+            miss_cost=miss_cost,
+            threshold=threshold,
+        )
+
+
+@register_persistable
+class VerifierRouter(_FeatureRouter):
+    """Escalate when the best verifier score is low (process-reward heuristic).
+
+    Parameters
+    ----------
+    feature : str or int, default="verifier_max"
+        Column holding the verifier score; risk decreases as it grows.
+    cost_slm, cost_llm, miss_cost, threshold
+        As in :class:`~r2vcal.CVaRBrierRouter`.
+    """
+
+    _risk_increases = False
+
+    def __init__(
+        self,
+        feature: str | int = "verifier_max",
+        *,
+        cost_slm: float = 1.0,
+        cost_llm: float = 10.0,
+        miss_cost: float = 20.0,
+        threshold: float | None = None,
+    ) -> None:
+        super().__init__(
+            feature,
+            cost_slm=cost_slm,
+            cost_llm=cost_llm,
+            miss_cost=miss_cost,
+            threshold=threshold,
+        )
+
+
+@register_persistable
+class RandomRouter(_BaseRouter):
+    """Escalate a share ``rate`` of the steps at random.
+
+    ``predict_proba`` returns the training base rate (the best constant forecast),
+    so its frontier is the straight line from SLM-only to LLM-only; ``route`` draws
+    independent escalations with probability ``rate``.
+
+    Parameters
+    ----------
+    rate : float in [0, 1], default=0.1
+    random_state : int or None, default=None
+        Seeds each :meth:`route` call (the same call gives the same draws).
+    """
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "rate": [Interval(Real, 0, 1, closed="both")],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(self, rate: float = 0.1, *, random_state: int | None = None) -> None:
+        self.rate = rate
+        self.random_state = random_state
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        groups: ArrayLike | None = None,
+        sample_weight: ArrayLike | None = None,
+    ) -> RandomRouter:
+        """Record the base rate of ``y``; ``groups`` is ignored."""
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        y01 = self._fit_target(y)
+        sw = _check_sample_weight(sample_weight, X)
+        self.base_rate_ = float(np.average(y01, weights=sw))
+        self.threshold_ = 1.0 - float(self.rate)
+        return self
+
+    def _proba1(self, X: Any) -> NDArray[np.float64]:
+        check_is_fitted(self)
+        Xv = validate_data(self, X, reset=False, dtype=np.float64)
+        return np.full(Xv.shape[0], self.base_rate_)
+
+    def route(self, X: ArrayLike, threshold: float | None = None) -> NDArray[np.bool_]:
+        """Independent escalations with probability ``rate`` (``threshold`` unused)."""
+        check_is_fitted(self)
+        Xv = validate_data(self, X, reset=False, dtype=np.float64)
+        rng = check_random_state(self.random_state)
+        return rng.random_sample(Xv.shape[0]) < float(self.rate)
+
+
+@register_persistable
+class OracleRouter(_BaseRouter):
+    """Hindsight oracle: escalates exactly the steps whose label is 1.
+
+    Not deployable (``deployable = False``): it reads the true label from the
+    column ``label`` of ``X``, which exists only after the fact. Use it as the
+    upper reference on frontiers.
+
+    Parameters
+    ----------
+    label : str or int, default="y_counterfactual"
+        Column of ``X`` holding the 0/1 label.
+    """
+
+    deployable: ClassVar[bool] = False
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "label": [str, Interval(Integral, 0, None, closed="left")],
+    }
+
+    def __init__(self, label: str | int = "y_counterfactual") -> None:
+        self.label = label
+
+    def _labels(self, X: Any) -> NDArray[np.float64]:
+        if isinstance(self.label, str):
+            if not hasattr(X, "columns") or self.label not in X.columns:
+                raise ValueError(
+                    f"OracleRouter(label={self.label!r}) needs X to be a DataFrame "
+                    f"with the label column {self.label!r}."
+                )
+            col = np.asarray(X[self.label], dtype=np.float64)
+        else:
+            col = np.asarray(X, dtype=np.float64)[:, int(self.label)]
+        if not np.isin(col, (0.0, 1.0)).all():
+            raise ValueError(
+                f"OracleRouter: column {self.label!r} must hold 0/1 labels."
+            )
+        return col
+
+    def fit(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        groups: ArrayLike | None = None,
+        sample_weight: ArrayLike | None = None,
+    ) -> OracleRouter:
+        """Nothing to learn beyond the classes; ``groups`` is ignored."""
+        self._labels(X)
+        self._fit_target(np.asarray(y))
+        self.threshold_ = 0.5
+        return self
+
+    def _proba1(self, X: Any) -> NDArray[np.float64]:
+        check_is_fitted(self)
+        return self._labels(X)

@@ -1,0 +1,816 @@
+"""``CVaRBrierRouter``: a calibrated, seed-robust escalation router.
+
+The router is a binary probabilistic classifier of "this step needs escalation"
+trained on the objective of DESIGN §3::
+
+    L(theta) = weighted mean Brier
+               + cvar_weight * CVaR_tail(per-group mean Brier)
+               + alpha * ||W||^2
+
+Two backends share that objective:
+
+* ``hidden_layer_sizes=()`` (default): a linear-logistic score optimised by
+  scipy's L-BFGS on the smoothed Rockafellar-Uryasev form of the CVaR;
+* non-empty ``hidden_layer_sizes``: a ReLU MLP trained with torch (AdamW, cosine
+  learning rate, minibatches that contain every group). Torch is imported inside
+  ``fit`` only; the weights are copied to numpy, so prediction and persistence
+  never import torch.
+
+A post-hoc calibrator (temperature or isotonic) is fitted on a held-out split.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+from scipy.optimize import brentq, minimize, minimize_scalar
+from scipy.special import expit, logit
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.isotonic import IsotonicRegression
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    validate_data,
+)
+
+from r2vcal._objective import exact_cvar, group_brier, smoothed_cvar
+from r2vcal.persist import register_persistable
+
+__all__ = ["PAPER_HIDDEN_LAYER_SIZES", "CVaRBrierRouter", "NoGroupsWarning"]
+
+#: Two hidden layers of 96 units: about 10.9k parameters on 15 features, the
+#: size of the router in the R2V paper.
+PAPER_HIDDEN_LAYER_SIZES: tuple[int, ...] = (96, 96)
+
+# Held-out calibration needs enough (weighted) rows of both classes; below this the
+# calibrator is skipped with a warning rather than fitted on noise.
+_MIN_CALIBRATION_WEIGHT = 30.0
+_MIN_CLASS_WEIGHT = 3.0
+_PROB_EPS = 1e-12
+
+
+class NoGroupsWarning(UserWarning):
+    """``cvar_weight > 0`` but ``fit`` received no ``groups``."""
+
+
+def encode_binary_target(estimator: Any, y: ArrayLike) -> NDArray[np.float64]:
+    """Check that ``y`` is binary, set ``estimator.classes_``, return y as 0/1."""
+    y = np.asarray(y)
+    check_classification_targets(y)
+    kind = type_of_target(y, input_name="y")
+    if kind == "multiclass":
+        raise ValueError(
+            "Only binary classification is supported. The type of the target is "
+            f"multiclass ({np.unique(y).size} classes); a router predicts one "
+            "'needs escalation' probability."
+        )
+    classes = np.unique(y)
+    if kind != "binary" or classes.size < 2:
+        raise ValueError(
+            f"y contains only one class ({classes.tolist()!r}); a router needs both "
+            "escalation-needed and not-needed steps to learn when to escalate."
+        )
+    estimator.classes_, y_enc = np.unique(y, return_inverse=True)
+    return np.asarray(y_enc, dtype=np.float64)
+
+
+def cost_threshold(estimator: Any) -> float:
+    """``threshold`` if set, else the Bayes rule (cost_llm - cost_slm) / miss_cost."""
+    if estimator.threshold is not None:
+        return float(estimator.threshold)
+    tau = (estimator.cost_llm - estimator.cost_slm) / estimator.miss_cost
+    return float(np.clip(tau, 0.0, 1.0))
+
+
+def _split_mask(
+    X: NDArray[np.float64], y: NDArray[np.float64], fraction: float, seed: int
+) -> NDArray[np.bool_]:
+    """Rows assigned to the held-out calibration split.
+
+    The assignment is a hash of each row's content (features and label) keyed by
+    ``seed``, not a random permutation: a row lands on the same side whatever else
+    is in the data set. So fitting with integer sample weights is exactly fitting
+    on repeated rows, and dropping a row does not reshuffle the others.
+    """
+    frame = pd.DataFrame(np.column_stack([X, y]))
+    key = f"{seed:016d}"[-16:]
+    h = pd.util.hash_pandas_object(frame, index=False, hash_key=key).to_numpy()
+    return (h % np.uint64(1_000_000)) < np.uint64(round(fraction * 1_000_000))
+
+
+@register_persistable
+class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
+    """Escalation router trained with a Brier score plus a CVaR penalty over groups.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : tuple of int, default=()
+        ``()`` is the linear-logistic backend (scipy L-BFGS). A non-empty tuple
+        trains a ReLU MLP with torch; :data:`PAPER_HIDDEN_LAYER_SIZES` ``(96, 96)``
+        gives about 10k parameters on 15 features, as in the R2V paper.
+    cvar_weight : float, default=1.0
+        Weight ``lambda`` of the CVaR of per-group Brier scores. ``0`` is plain
+        Brier. In constrained mode (``cvar_bound`` set) it is the initial
+        multiplier of the dual ascent.
+    cvar_tail : float in (0, 1], default=0.2
+        Tail fraction ``alpha`` of the CVaR: ``1/G`` is the worst group, ``1`` the
+        mean over groups.
+    cvar_bound : float or None, default=None
+        If set, train the constrained form ``min Brier s.t. CVaR <= cvar_bound``
+        by dual ascent on the multiplier.
+    alpha : float, default=1e-4
+        L2 penalty on the weights (not the intercepts), on standardised features.
+    calibration : {"temperature", "isotonic"} or None, default="temperature"
+        Post-hoc calibrator fitted on a held-out split of ``calibration_fraction``
+        of the rows. Temperature scaling keeps the ranking; isotonic is more
+        flexible. ``None`` keeps the raw Brier-trained probabilities.
+    calibration_fraction : float in (0, 1), default=0.2
+        Share of rows held out for the calibrator. Rows are assigned by a keyed
+        hash of their content, so the split is reproducible and consistent under
+        sample weights.
+    cost_slm, cost_llm : float, default=1.0, 10.0
+        Cost of one step on the SLM and on the LLM.
+    miss_cost : float, default=20.0
+        Penalty ``kappa`` for a step that needed escalation but stayed on the SLM.
+    threshold : float or None, default=None
+        Escalation threshold used by :meth:`route`. ``None`` uses the Bayes rule
+        ``(cost_llm - cost_slm) / miss_cost`` (DESIGN §1).
+    max_iter : int, default=500
+        Maximum L-BFGS iterations (linear backend).
+    tol : float, default=1e-9
+        L-BFGS gradient tolerance (linear backend).
+    cvar_sharpness : float, default=500.0
+        Sharpness ``s`` of the softplus replacing ``(.)_+`` in the smoothed CVaR
+        used for optimisation (linear backend). The reported ``cvar_`` is exact.
+    n_epochs : int, default=20
+        MLP epochs.
+    batch_size : int, default=4096
+        MLP minibatch size; every minibatch contains rows of every group.
+    learning_rate : float, default=1e-2
+        Peak AdamW learning rate (cosine schedule) for the MLP.
+    weight_decay : float, default=0.0
+        AdamW decoupled weight decay for the MLP (the objective's L2 is ``alpha``).
+    dual_step : float, default=100.0
+        Step size of the dual ascent on the multiplier in constrained mode.
+    max_dual_iter : int, default=20
+        Number of dual-ascent rounds in constrained mode.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the calibration split and the MLP initialisation and batching.
+    verbose : int, default=0
+        Print progress when positive.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (2,)
+        Class labels; ``classes_[1]`` is "needs escalation".
+    coef_ : ndarray of shape (1, n_features)
+        Linear backend: weights on the original feature scale.
+    intercept_ : ndarray of shape (1,)
+        Linear backend: intercept.
+    coefs_, intercepts_ : list of ndarray
+        MLP backend: layer weights and biases (numpy, original feature scale).
+    temperature_ : float
+        Temperature of the calibrator (``1.0`` when not used).
+    isotonic_x_, isotonic_y_ : ndarray
+        Isotonic calibrator knots (only with ``calibration="isotonic"``).
+    threshold_ : float
+        Threshold used by :meth:`route`.
+    group_labels_ : ndarray
+        Group labels seen in ``fit`` (a single group ``0`` when none were given).
+    group_losses_ : ndarray of shape (n_groups,)
+        Weighted mean Brier score per group of the fitted (calibrated) router on
+        the data passed to ``fit``.
+    cvar_ : float
+        Exact sort-based CVaR of ``group_losses_`` at ``cvar_tail``.
+    objective_ : float
+        Exact training objective (mean Brier + weight * exact CVaR + L2) at the
+        solution, on the training split before calibration.
+    dual_weight_ : float
+        Final CVaR multiplier (``cvar_weight`` unless ``cvar_bound`` is set).
+    n_iter_ : int
+        L-BFGS iterations (linear) or optimiser steps (MLP).
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Only when ``X`` had string column names.
+
+    Notes
+    -----
+    Inside scikit-learn meta-estimators (``GridSearchCV``, ``cross_validate``,
+    ``Pipeline``) the ``groups`` reach ``fit`` only with metadata routing::
+
+        sklearn.set_config(enable_metadata_routing=True)
+        router = CVaRBrierRouter().set_fit_request(groups=True)
+
+    Without it scikit-learn drops them silently and the CVaR term sees one group;
+    the router warns (:class:`NoGroupsWarning`) when that happens.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from r2vcal import CVaRBrierRouter
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(600, 3))
+    >>> y = (X[:, 0] + rng.normal(size=600) > 0).astype(int)
+    >>> seeds = rng.integers(0, 5, size=600)
+    >>> router = CVaRBrierRouter(random_state=0).fit(X, y, groups=seeds)
+    >>> router.predict_proba(X[:2]).shape
+    (2, 2)
+    >>> bool(router.cvar_ >= router.group_losses_.mean())
+    True
+    """
+
+    _parameter_constraints: dict[str, list[Any]] = {
+        "hidden_layer_sizes": ["array-like"],
+        "cvar_weight": [Interval(Real, 0, None, closed="left")],
+        "cvar_tail": [Interval(Real, 0, 1, closed="right")],
+        "cvar_bound": [Interval(Real, 0, None, closed="left"), None],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "calibration": [StrOptions({"temperature", "isotonic"}), None],
+        "calibration_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "cost_slm": [Interval(Real, 0, None, closed="left")],
+        "cost_llm": [Interval(Real, 0, None, closed="left")],
+        "miss_cost": [Interval(Real, 0, None, closed="neither")],
+        "threshold": [Interval(Real, 0, 1, closed="both"), None],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "cvar_sharpness": [Interval(Real, 0, None, closed="neither")],
+        "n_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "dual_step": [Interval(Real, 0, None, closed="neither")],
+        "max_dual_iter": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        *,
+        hidden_layer_sizes: tuple[int, ...] = (),
+        cvar_weight: float = 1.0,
+        cvar_tail: float = 0.2,
+        cvar_bound: float | None = None,
+        alpha: float = 1e-4,
+        calibration: str | None = "temperature",
+        calibration_fraction: float = 0.2,
+        cost_slm: float = 1.0,
+        cost_llm: float = 10.0,
+        miss_cost: float = 20.0,
+        threshold: float | None = None,
+        max_iter: int = 500,
+        tol: float = 1e-9,
+        cvar_sharpness: float = 500.0,
+        n_epochs: int = 20,
+        batch_size: int = 4096,
+        learning_rate: float = 1e-2,
+        weight_decay: float = 0.0,
+        dual_step: float = 100.0,
+        max_dual_iter: int = 20,
+        random_state: int | np.random.RandomState | None = None,
+        verbose: int = 0,
+    ) -> None:
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.cvar_weight = cvar_weight
+        self.cvar_tail = cvar_tail
+        self.cvar_bound = cvar_bound
+        self.alpha = alpha
+        self.calibration = calibration
+        self.calibration_fraction = calibration_fraction
+        self.cost_slm = cost_slm
+        self.cost_llm = cost_llm
+        self.miss_cost = miss_cost
+        self.threshold = threshold
+        self.max_iter = max_iter
+        self.tol = tol
+        self.cvar_sharpness = cvar_sharpness
+        self.n_epochs = n_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.dual_step = dual_step
+        self.max_dual_iter = max_dual_iter
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ tags
+    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        tags.input_tags.allow_nan = False
+        tags.input_tags.sparse = False
+        return tags
+
+    # ------------------------------------------------------------ validation
+    def _hidden_sizes(self) -> tuple[int, ...]:
+        sizes = self.hidden_layer_sizes
+        if isinstance(sizes, (str, bytes)):
+            raise ValueError(
+                "The 'hidden_layer_sizes' parameter of CVaRBrierRouter must be a "
+                f"tuple of positive ints (e.g. (96, 96)). Got {sizes!r} instead."
+            )
+        try:
+            items: tuple[Any, ...] = tuple(sizes)
+        except TypeError:
+            items = (sizes,)
+        bad = [
+            s
+            for s in items
+            if isinstance(s, (bool, np.bool_))
+            or not isinstance(s, (Integral, np.integer))
+            or int(s) <= 0
+        ]
+        if bad:
+            raise ValueError(
+                "The 'hidden_layer_sizes' parameter of CVaRBrierRouter must be a "
+                f"tuple of positive ints (e.g. (96, 96)). Got {sizes!r} instead "
+                f"(invalid entries: {bad!r})."
+            )
+        return tuple(int(s) for s in items)
+
+    def _validate_target(self, y: ArrayLike) -> NDArray[np.float64]:
+        return encode_binary_target(self, y)
+
+    def _validate_groups(
+        self, groups: ArrayLike | None, n_samples: int
+    ) -> NDArray[np.intp]:
+        if groups is None:
+            if self.cvar_weight > 0 or self.cvar_bound is not None:
+                warnings.warn(
+                    "CVaRBrierRouter has a CVaR term (cvar_weight="
+                    f"{self.cvar_weight}) but fit() received no groups, so every "
+                    "row counts as one group and the CVaR is just the Brier score. "
+                    "Pass groups=seeds; inside GridSearchCV, cross_validate or "
+                    "Pipeline enable routing with "
+                    "sklearn.set_config(enable_metadata_routing=True) and "
+                    "router.set_fit_request(groups=True), or scikit-learn drops "
+                    "the groups silently.",
+                    NoGroupsWarning,
+                    stacklevel=3,
+                )
+            self.group_labels_ = np.array([0])
+            return np.zeros(n_samples, dtype=np.intp)
+        g = np.asarray(groups)
+        if g.ndim != 1 or g.shape[0] != n_samples:
+            raise ValueError(
+                "groups must be a 1-d array with one entry per row of X "
+                f"({n_samples} rows); got shape {g.shape}."
+            )
+        if g.dtype.kind == "f" and not np.all(np.isfinite(g)):
+            raise ValueError("groups contains NaN or infinite values.")
+        labels, index = np.unique(g, return_inverse=True)
+        self.group_labels_ = labels
+        return index.astype(np.intp)
+
+    # ------------------------------------------------------------------- fit
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        groups: ArrayLike | None = None,
+        sample_weight: ArrayLike | None = None,
+    ) -> CVaRBrierRouter:
+        """Fit the router.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Step features (e.g. from :class:`r2vcal.features.CandidateFeaturizer`).
+        y : array-like of shape (n_samples,)
+            Binary label, the larger class meaning "escalation needed".
+        groups : array-like of shape (n_samples,), default=None
+            Perturbation seed (or any group) of each row: the CVaR is taken over
+            the per-group Brier scores.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Row weights.
+
+        Returns
+        -------
+        self : CVaRBrierRouter
+        """
+        hidden = self._hidden_sizes()
+        X, y = validate_data(
+            self, X, y, dtype=[np.float64, np.float32], y_numeric=False
+        )
+        X = np.asarray(X, dtype=np.float64)
+        y01 = self._validate_target(y)
+        n = X.shape[0]
+        sw = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        gidx = self._validate_groups(groups, n)
+        present = np.unique(y01[sw > 0])
+        if present.size < 2:
+            raise ValueError(
+                "Only one class has a non-zero sample_weight; the router needs "
+                "rows of both classes to learn when to escalate."
+            )
+
+        rng = np.random.RandomState(
+            self.random_state
+            if not isinstance(self.random_state, np.random.RandomState)
+            else self.random_state.randint(2**31 - 1)
+        )
+        split_seed = int(rng.randint(0, 2**31 - 1))
+        hold = self._calibration_split(X, y01, sw, split_seed)
+        train = ~hold if hold is not None else np.ones(n, dtype=bool)
+
+        mean = np.average(X[train], axis=0, weights=sw[train])
+        var = np.average((X[train] - mean) ** 2, axis=0, weights=sw[train])
+        scale = np.sqrt(var)
+        scale[scale < 1e-12] = 1.0
+
+        n_groups = self.group_labels_.shape[0]
+        if hidden:
+            self._fit_mlp(
+                X[train],
+                y01[train],
+                sw[train],
+                gidx[train],
+                n_groups,
+                mean,
+                scale,
+                hidden,
+                rng,
+            )
+        else:
+            self._fit_linear(
+                X[train], y01[train], sw[train], gidx[train], n_groups, mean, scale
+            )
+
+        self.temperature_ = 1.0
+        if hold is not None:
+            self._fit_calibrator(self._raw_scores(X[hold]), y01[hold], sw[hold])
+
+        self.threshold_ = cost_threshold(self)
+        p = self._proba1(X)
+        self.group_losses_, _ = group_brier(p, y01, sw, gidx, n_groups)
+        self.cvar_ = exact_cvar(self.group_losses_, self.cvar_tail)
+        return self
+
+    def _calibration_split(
+        self,
+        X: NDArray[np.float64],
+        y01: NDArray[np.float64],
+        sw: NDArray[np.float64],
+        seed: int,
+    ) -> NDArray[np.bool_] | None:
+        if self.calibration is None:
+            return None
+        hold = _split_mask(X, y01, self.calibration_fraction, seed)
+        w_hold, w_train = sw[hold], sw[~hold]
+        enough = (
+            w_hold.sum() >= _MIN_CALIBRATION_WEIGHT
+            and w_hold[y01[hold] == 1].sum() >= _MIN_CLASS_WEIGHT
+            and w_hold[y01[hold] == 0].sum() >= _MIN_CLASS_WEIGHT
+            and w_train[y01[~hold] == 1].sum() > 0
+            and w_train[y01[~hold] == 0].sum() > 0
+        )
+        if not enough:
+            warnings.warn(
+                f"calibration={self.calibration!r} skipped: the held-out split "
+                f"(calibration_fraction={self.calibration_fraction}) has total "
+                f"weight {w_hold.sum():.1f} and needs at least "
+                f"{_MIN_CALIBRATION_WEIGHT:.0f} with both classes present. The "
+                "router is fitted on all rows and left uncalibrated.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return None
+        return hold
+
+    # -------------------------------------------------------- linear backend
+    def _fit_linear(
+        self,
+        X: NDArray[np.float64],
+        y: NDArray[np.float64],
+        w: NDArray[np.float64],
+        gidx: NDArray[np.intp],
+        n_groups: int,
+        mean: NDArray[np.float64],
+        scale: NDArray[np.float64],
+    ) -> None:
+        """L-BFGS on standardised weights without copying ``X``.
+
+        With ``theta = (v, b)`` on standardised features the score is
+        ``X @ (v / scale) + b - mean @ (v / scale)``; the gradient in ``v`` is
+        ``(X.T @ g - mean * g.sum()) / scale``.
+        """
+        d = X.shape[1]
+        tail = float(self.cvar_tail)
+        alpha = float(self.alpha)
+        data = _LinearData(
+            X, np.asarray(X.T, order="C"), y, w, gidx, n_groups, mean, scale
+        )
+        sharp = float(self.cvar_sharpness)
+
+        def fun(theta: NDArray[np.float64], lam: float) -> tuple[float, Any]:
+            return linear_objective(theta, data, lam, tail, alpha, sharp)
+
+        y_bar = np.clip(np.average(y, weights=w), 1e-6, 1 - 1e-6)
+        theta = np.zeros(d + 1)
+        theta[d] = logit(y_bar)
+        lam = float(self.cvar_weight)
+        total_iter = 0
+
+        def solve(theta0: NDArray[np.float64], lam: float) -> Any:
+            return minimize(
+                fun,
+                theta0,
+                args=(lam,),
+                jac=True,
+                method="L-BFGS-B",
+                options={
+                    "maxiter": int(self.max_iter),
+                    "gtol": float(self.tol),
+                    "ftol": 64 * np.finfo(float).eps,
+                    "maxcor": 20,
+                },
+            )
+
+        res = solve(theta, lam)
+        total_iter += int(res.nit)
+        theta = res.x
+        if self.cvar_bound is not None:
+            theta, lam, n_dual = self._dual_ascent(theta, lam, solve, data, tail)
+            total_iter += n_dual
+        if self.verbose:
+            print(f"[linear] L-BFGS: {res.message} after {total_iter} iterations")
+
+        v, b = theta[:d], theta[d]
+        u = v / scale
+        self.coef_ = u.reshape(1, -1)
+        self.intercept_ = np.array([b - mean @ u])
+        self.n_iter_ = max(total_iter, 1)
+        self.dual_weight_ = lam
+        self.objective_ = linear_objective(theta, data, lam, tail, alpha, None)[0]
+
+    def _dual_ascent(
+        self,
+        theta: NDArray[np.float64],
+        lam: float,
+        solve: Any,
+        data: _LinearData,
+        tail: float,
+    ) -> tuple[NDArray[np.float64], float, int]:
+        """Constrained mode: ``lambda <- max(0, lambda + step_k (CVaR - bound))``.
+
+        Steps shrink as ``dual_step / sqrt(k + 1)`` so the multiplier settles
+        instead of oscillating; the iterate returned is the feasible one with the
+        lowest Brier score (or, if none is feasible, the one with the lowest CVaR).
+        """
+        bound = float(self.cvar_bound)  # type: ignore[arg-type]
+        n_iter = 0
+        candidates = []
+        for k in range(int(self.max_dual_iter) + 1):
+            brier = linear_objective(theta, data, 0.0, tail, 0.0, None)[0]
+            cv = linear_objective(theta, data, 1.0, tail, 0.0, None)[0] - brier
+            candidates.append(
+                (cv > bound + 1e-6, brier if cv <= bound + 1e-6 else cv, k, theta, lam)
+            )
+            new_lam = max(
+                0.0, lam + float(self.dual_step) / np.sqrt(k + 1) * (cv - bound)
+            )
+            if self.verbose:
+                print(
+                    f"[dual] cvar={cv:.5f} bound={bound:.5f} brier={brier:.5f} "
+                    f"lambda={new_lam:.4f}"
+                )
+            if k == int(self.max_dual_iter) or abs(new_lam - lam) < 1e-8:
+                break
+            lam = new_lam
+            res = solve(theta, lam)
+            n_iter += int(res.nit)
+            theta = res.x
+        _, _, _, theta, lam = min(candidates, key=lambda c: c[:3])
+        return theta, lam, n_iter
+
+    # ----------------------------------------------------------- MLP backend
+    def _fit_mlp(
+        self,
+        X: NDArray[np.float64],
+        y: NDArray[np.float64],
+        w: NDArray[np.float64],
+        gidx: NDArray[np.intp],
+        n_groups: int,
+        mean: NDArray[np.float64],
+        scale: NDArray[np.float64],
+        hidden: tuple[int, ...],
+        rng: np.random.RandomState,
+    ) -> None:
+        from r2vcal._torch_mlp import train_mlp  # torch behind a door
+
+        result = train_mlp(
+            (X - mean) / scale,
+            y,
+            w,
+            gidx,
+            n_groups,
+            hidden=hidden,
+            cvar_weight=float(self.cvar_weight),
+            cvar_tail=float(self.cvar_tail),
+            cvar_bound=None if self.cvar_bound is None else float(self.cvar_bound),
+            alpha=float(self.alpha),
+            n_epochs=int(self.n_epochs),
+            batch_size=int(self.batch_size),
+            learning_rate=float(self.learning_rate),
+            weight_decay=float(self.weight_decay),
+            dual_step=float(self.dual_step),
+            seed=int(rng.randint(0, 2**31 - 1)),
+            verbose=int(self.verbose),
+        )
+        coefs, intercepts = result.coefs, result.intercepts
+        # fold the standardisation into the first layer: prediction needs no scaler
+        w0 = coefs[0] / scale[:, None]
+        intercepts[0] = intercepts[0] - mean @ w0
+        coefs[0] = w0
+        self.coefs_ = coefs
+        self.intercepts_ = intercepts
+        self.n_iter_ = result.n_steps
+        self.dual_weight_ = result.dual_weight
+        self.objective_ = result.objective
+        self.loss_curve_ = np.asarray(result.loss_curve)
+
+    # ------------------------------------------------------------ calibrator
+    def _fit_calibrator(
+        self, z: NDArray[np.float64], y: NDArray[np.float64], w: NDArray[np.float64]
+    ) -> None:
+        if self.calibration == "temperature":
+
+            def nll(log_t: float) -> float:
+                s = z / np.exp(log_t)
+                # log(1 + e^s) - y s, stable
+                return float(np.dot(w, np.logaddexp(0.0, s) - y * s) / w.sum())
+
+            res = minimize_scalar(
+                nll, bounds=(-5.0, 5.0), method="bounded", options={"xatol": 1e-8}
+            )
+            self.temperature_ = float(np.exp(res.x))
+        else:
+            iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+            iso.fit(expit(z), y, sample_weight=w)
+            self.isotonic_x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
+            self.isotonic_y_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
+
+    # ------------------------------------------------------------ prediction
+    def _raw_scores(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
+        if hasattr(self, "coefs_"):
+            h = X
+            last = len(self.coefs_) - 1
+            for i, (W, b) in enumerate(zip(self.coefs_, self.intercepts_)):
+                h = h @ W + b
+                if i < last:
+                    np.maximum(h, 0.0, out=h)
+            return np.asarray(h[:, 0], dtype=np.float64)
+        return np.asarray(X @ self.coef_[0] + self.intercept_[0], dtype=np.float64)
+
+    def _proba1(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
+        z = self._raw_scores(X)
+        if self.calibration == "isotonic" and hasattr(self, "isotonic_x_"):
+            return np.interp(expit(z), self.isotonic_x_, self.isotonic_y_)
+        return np.asarray(expit(z / self.temperature_), dtype=np.float64)
+
+    def _check_X(self, X: ArrayLike) -> NDArray[np.float64]:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return np.asarray(X, dtype=np.float64)
+
+    def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Probabilities of both classes; column 1 is "needs escalation".
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, 2)
+        """
+        p = self._proba1(self._check_X(X))
+        return np.column_stack([1.0 - p, p])
+
+    def decision_function(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Log-odds of the calibrated escalation probability.
+
+        Positive where :meth:`predict_proba` gives more than 0.5 to ``classes_[1]``.
+        """
+        p = self._proba1(self._check_X(X))
+        p = np.clip(p, _PROB_EPS, 1.0 - _PROB_EPS)
+        return np.asarray(logit(p), dtype=np.float64)
+
+    def predict(self, X: ArrayLike) -> NDArray[Any]:
+        """Most likely class (probability threshold 0.5, as every classifier).
+
+        For the cost-aware escalation decision use :meth:`route`.
+        """
+        p = self._proba1(self._check_X(X))
+        return np.asarray(self.classes_[(p > 0.5).astype(np.intp)])
+
+    def route(self, X: ArrayLike, threshold: float | None = None) -> NDArray[np.bool_]:
+        """Escalation decision: ``True`` where the step should go to the LLM.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        threshold : float, default=None
+            Overrides ``threshold_`` (the Bayes threshold unless ``threshold`` was
+            set at construction) for this call.
+
+        Returns
+        -------
+        ndarray of bool of shape (n_samples,)
+            ``predict_proba(X)[:, 1] >= threshold``.
+        """
+        tau = self.threshold_ if threshold is None else float(threshold)
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError(
+                f"threshold must be a probability in [0, 1]; got {threshold!r}."
+            )
+        return self._proba1(self._check_X(X)) >= tau
+
+
+@dataclass(frozen=True)
+class _LinearData:
+    X: NDArray[np.float64]
+    Xt: NDArray[np.float64]  # C-contiguous transpose for the gradient matvec
+    y: NDArray[np.float64]
+    w: NDArray[np.float64]
+    gidx: NDArray[np.intp]
+    n_groups: int
+    mean: NDArray[np.float64]
+    scale: NDArray[np.float64]
+
+
+def linear_objective(
+    theta: NDArray[np.float64],
+    data: _LinearData,
+    lam: float,
+    tail: float,
+    alpha: float,
+    sharpness: float | None,
+) -> tuple[float, NDArray[np.float64]]:
+    """Objective of the linear backend and its gradient.
+
+    ``theta = (v, b)`` are weights on standardised features and the intercept; the
+    score ``X @ (v / scale) + b - mean @ (v / scale)`` is computed without copying
+    ``X``. With ``sharpness=None`` the CVaR term is exact (the value reported);
+    otherwise it is the smoothed Rockafellar-Uryasev form used by L-BFGS, whose
+    ``eta`` is minimised exactly (envelope theorem).
+    """
+    X, y, w, gidx, n_groups = data.X, data.y, data.w, data.gidx, data.n_groups
+    mean, scale = data.mean, data.scale
+    d = X.shape[1]
+    v, b = theta[:d], theta[d]
+    u = v / scale
+    p = expit(X @ u + (b - mean @ u))
+    r = p - y
+    wsum = w.sum()
+    value = float(np.dot(w, r * r)) / wsum + alpha * float(v @ v)
+    coef_row: NDArray[np.float64] | float = 1.0 / wsum
+    if lam > 0:
+        bg, mass = group_brier(p, y, w, gidx, n_groups)
+        if sharpness is None:
+            value += lam * exact_cvar(bg[mass > 0], tail)
+            return value, np.full_like(theta, np.nan)
+        cv, d_b, _ = _smoothed_cvar_at_optimum(bg, mass, tail, sharpness)
+        value += lam * cv
+        gw = np.bincount(gidx, weights=w, minlength=n_groups)
+        per_group = np.divide(lam * d_b, gw, out=np.zeros_like(d_b), where=gw > 0)
+        coef_row = coef_row + per_group[gidx]
+    gz = 2.0 * w * r * coef_row * p * (1.0 - p)
+    gsum = float(gz.sum())
+    grad = np.empty_like(theta)
+    grad[:d] = (data.Xt @ gz - mean * gsum) / scale + 2.0 * alpha * v
+    grad[d] = gsum
+    return value, grad
+
+
+def _smoothed_cvar_at_optimum(
+    b: NDArray[np.float64], mass: NDArray[np.float64], tail: float, sharpness: float
+) -> tuple[float, NDArray[np.float64], float]:
+    """Smoothed RU CVaR with ``eta`` minimised exactly (a 1-d root find).
+
+    By the envelope theorem the gradient in ``b`` at the inner optimum is the
+    partial derivative, so the outer L-BFGS only sees the model parameters.
+    """
+    if tail >= 1.0:
+        return float(np.dot(mass, b)), mass.copy(), float(np.dot(mass, b))
+    live = mass > 0
+
+    def slope(eta: float) -> float:
+        return 1.0 - float(np.dot(mass, expit(sharpness * (b - eta)))) / tail
+
+    lo = float(b[live].min()) - 60.0 / sharpness
+    hi = float(b[live].max()) + 60.0 / sharpness
+    if slope(lo) >= 0:  # tail covers all mass even at the sharp limit
+        eta = lo
+    else:
+        eta = brentq(slope, lo, hi, xtol=1e-14, rtol=1e-12)
+    return smoothed_cvar(b, mass, eta, tail, sharpness)
