@@ -22,14 +22,13 @@ A post-hoc calibrator (temperature or isotonic) is fitted on a held-out split.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from numpy.typing import ArrayLike, NDArray
-from scipy.optimize import brentq, minimize, minimize_scalar
+from scipy.optimize import brentq, minimize
 from scipy.special import expit, logit
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.isotonic import IsotonicRegression
@@ -90,20 +89,31 @@ def cost_threshold(estimator: Any) -> float:
     return float(np.clip(tau, 0.0, 1.0))
 
 
+def _splitmix64(z: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """The splitmix64 finaliser, vectorised (uint64 arithmetic wraps)."""
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
 def _split_mask(
     X: NDArray[np.float64], y: NDArray[np.float64], fraction: float, seed: int
 ) -> NDArray[np.bool_]:
     """Rows assigned to the held-out calibration split.
 
-    The assignment is a hash of each row's content (features and label) keyed by
-    ``seed``, not a random permutation: a row lands on the same side whatever else
-    is in the data set. So fitting with integer sample weights is exactly fitting
-    on repeated rows, and dropping a row does not reshuffle the others.
+    The assignment is a keyed hash (splitmix64 over the bits of each row's
+    features and label), not a random permutation: a row lands on the same side
+    whatever else is in the data set. So fitting with integer sample weights is
+    exactly fitting on repeated rows, and dropping a row does not reshuffle the
+    others.
     """
-    frame = pd.DataFrame(np.column_stack([X, y]))
-    key = f"{seed:016d}"[-16:]
-    h = pd.util.hash_pandas_object(frame, index=False, hash_key=key).to_numpy()
-    return (h % np.uint64(1_000_000)) < np.uint64(round(fraction * 1_000_000))
+    bits = np.ascontiguousarray(X, dtype=np.float64).view(np.uint64)
+    h = _splitmix64(np.full(X.shape[0], seed, dtype=np.uint64))
+    for j in range(bits.shape[1]):
+        h = _splitmix64(h ^ bits[:, j])
+    h = _splitmix64(h ^ np.ascontiguousarray(y, dtype=np.float64).view(np.uint64))
+    return (h >> np.uint64(11)) < np.uint64(round(fraction * 2.0**53))
 
 
 @register_persistable
@@ -422,18 +432,22 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         hold = self._calibration_split(X, y01, sw, split_seed)
         train = ~hold if hold is not None else np.ones(n, dtype=bool)
 
-        mean = np.average(X[train], axis=0, weights=sw[train])
-        var = np.average((X[train] - mean) ** 2, axis=0, weights=sw[train])
-        scale = np.sqrt(var)
+        if hold is not None:
+            Xtr, ytr, wtr, gtr = X[train], y01[train], sw[train], gidx[train]
+        else:
+            Xtr, ytr, wtr, gtr = X, y01, sw, gidx
+        mean = (wtr @ Xtr) / wtr.sum()
+        var = np.einsum("i,ij,ij->j", wtr, Xtr, Xtr) / wtr.sum() - mean**2
+        scale = np.sqrt(np.maximum(var, 0.0))
         scale[scale < 1e-12] = 1.0
 
         n_groups = self.group_labels_.shape[0]
         if hidden:
             self._fit_mlp(
-                X[train],
-                y01[train],
-                sw[train],
-                gidx[train],
+                Xtr,
+                ytr,
+                wtr,
+                gtr,
                 n_groups,
                 mean,
                 scale,
@@ -441,9 +455,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
                 rng,
             )
         else:
-            self._fit_linear(
-                X[train], y01[train], sw[train], gidx[train], n_groups, mean, scale
-            )
+            self._fit_linear(Xtr, ytr, wtr, gtr, n_groups, mean, scale)
 
         self.temperature_ = 1.0
         if hold is not None:
@@ -506,17 +518,13 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         d = X.shape[1]
         tail = float(self.cvar_tail)
         alpha = float(self.alpha)
-        data = _LinearData(
-            X, np.asarray(X.T, order="C"), y, w, gidx, n_groups, mean, scale
-        )
+        data = _LinearData(X, y, w, gidx, n_groups, mean, scale)
         sharp = float(self.cvar_sharpness)
 
         def fun(theta: NDArray[np.float64], lam: float) -> tuple[float, Any]:
             return linear_objective(theta, data, lam, tail, alpha, sharp)
 
-        y_bar = np.clip(np.average(y, weights=w), 1e-6, 1 - 1e-6)
-        theta = np.zeros(d + 1)
-        theta[d] = logit(y_bar)
+        theta = self._linear_start(data)
         lam = float(self.cvar_weight)
         total_iter = 0
 
@@ -551,6 +559,32 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         self.n_iter_ = max(total_iter, 1)
         self.dual_weight_ = lam
         self.objective_ = linear_objective(theta, data, lam, tail, alpha, None)[0]
+
+    @staticmethod
+    def _linear_start(data: _LinearData) -> NDArray[np.float64]:
+        """Starting point: the weighted least-squares (linear probability) fit.
+
+        Its slopes, divided by ``p(1 - p)`` at the base rate, approximate the
+        logistic ones near the mean; L-BFGS then needs a few iterations only.
+        """
+        X, y, w = data.X, data.y, data.w
+        d = X.shape[1]
+        y_bar = float(np.clip(np.dot(w, y) / data.wsum, 1e-6, 1 - 1e-6))
+        theta = np.zeros(d + 1)
+        theta[d] = logit(y_bar)
+        # standardised Gram matrix from the raw one: one pass over X
+        Xw = X.T @ (X * w[:, None]) if not data.unit_weights else X.T @ X
+        cov = Xw / data.wsum - np.outer(data.mean, data.mean)
+        corr = cov / np.outer(data.scale, data.scale)
+        xy = ((X.T @ (w * y)) / data.wsum - data.mean * y_bar) / data.scale
+        try:
+            beta = np.linalg.solve(corr + 1e-6 * np.eye(d), xy)
+        except np.linalg.LinAlgError:
+            return theta
+        slope = np.clip(beta / (y_bar * (1.0 - y_bar)), -20.0, 20.0)
+        if np.all(np.isfinite(slope)):
+            theta[:d] = slope
+        return theta
 
     def _dual_ascent(
         self,
@@ -643,16 +677,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         self, z: NDArray[np.float64], y: NDArray[np.float64], w: NDArray[np.float64]
     ) -> None:
         if self.calibration == "temperature":
-
-            def nll(log_t: float) -> float:
-                s = z / np.exp(log_t)
-                # log(1 + e^s) - y s, stable
-                return float(np.dot(w, np.logaddexp(0.0, s) - y * s) / w.sum())
-
-            res = minimize_scalar(
-                nll, bounds=(-5.0, 5.0), method="bounded", options={"xatol": 1e-8}
-            )
-            self.temperature_ = float(np.exp(res.x))
+            self.temperature_ = _fit_temperature(z, y, w)
         else:
             iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
             iso.fit(expit(z), y, sample_weight=w)
@@ -665,17 +690,22 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
             h = X
             last = len(self.coefs_) - 1
             for i, (W, b) in enumerate(zip(self.coefs_, self.intercepts_)):
-                h = h @ W + b
+                h = h @ W
+                h += b
                 if i < last:
                     np.maximum(h, 0.0, out=h)
-            return np.asarray(h[:, 0], dtype=np.float64)
-        return np.asarray(X @ self.coef_[0] + self.intercept_[0], dtype=np.float64)
+            return np.ascontiguousarray(h[:, 0], dtype=np.float64)
+        z = X @ self.coef_[0]
+        z += self.intercept_[0]
+        return np.asarray(z, dtype=np.float64)
 
     def _proba1(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
         z = self._raw_scores(X)
         if self.calibration == "isotonic" and hasattr(self, "isotonic_x_"):
             return np.interp(expit(z), self.isotonic_x_, self.isotonic_y_)
-        return np.asarray(expit(z / self.temperature_), dtype=np.float64)
+        if self.temperature_ != 1.0:
+            z *= 1.0 / self.temperature_
+        return np.asarray(expit(z, out=z), dtype=np.float64)
 
     def _check_X(self, X: ArrayLike) -> NDArray[np.float64]:
         check_is_fitted(self)
@@ -694,7 +724,10 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_samples, 2)
         """
         p = self._proba1(self._check_X(X))
-        return np.column_stack([1.0 - p, p])
+        out = np.empty((p.shape[0], 2))
+        out[:, 1] = p
+        np.subtract(1.0, p, out=out[:, 0])
+        return out
 
     def decision_function(self, X: ArrayLike) -> NDArray[np.float64]:
         """Log-odds of the calibrated escalation probability.
@@ -736,16 +769,50 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         return self._proba1(self._check_X(X)) >= tau
 
 
-@dataclass(frozen=True)
+def _fit_temperature(
+    z: NDArray[np.float64], y: NDArray[np.float64], w: NDArray[np.float64]
+) -> float:
+    """Temperature ``T`` minimising the weighted log loss of ``sigmoid(z / T)``.
+
+    The loss is convex in ``beta = 1 / T`` (a one-feature logistic regression
+    without intercept), so a safeguarded Newton iteration converges in a few
+    passes. ``beta`` stays in [1e-3, 1e3].
+    """
+    beta = 1.0
+    wz = w * z
+    for _ in range(100):
+        p = expit(beta * z)
+        grad = float(np.dot(wz, p - y))
+        hess = float(np.dot(wz * z, p * (1.0 - p))) + 1e-12
+        new = float(np.clip(beta - grad / hess, 1e-3, 1e3))
+        if abs(new - beta) <= 1e-10 * max(1.0, beta):
+            beta = new
+            break
+        beta = new
+    return 1.0 / beta
+
+
+@dataclass
 class _LinearData:
+    """Training arrays of the linear backend and the constants derived from them."""
+
     X: NDArray[np.float64]
-    Xt: NDArray[np.float64]  # C-contiguous transpose for the gradient matvec
     y: NDArray[np.float64]
     w: NDArray[np.float64]
     gidx: NDArray[np.intp]
     n_groups: int
     mean: NDArray[np.float64]
     scale: NDArray[np.float64]
+    wsum: float = field(init=False)
+    group_weight: NDArray[np.float64] = field(init=False)
+    unit_weights: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.wsum = float(self.w.sum())
+        self.group_weight = np.bincount(
+            self.gidx, weights=self.w, minlength=self.n_groups
+        )
+        self.unit_weights = bool(np.all(self.w == 1.0))
 
 
 def linear_objective(
@@ -760,34 +827,47 @@ def linear_objective(
 
     ``theta = (v, b)`` are weights on standardised features and the intercept; the
     score ``X @ (v / scale) + b - mean @ (v / scale)`` is computed without copying
-    ``X``. With ``sharpness=None`` the CVaR term is exact (the value reported);
-    otherwise it is the smoothed Rockafellar-Uryasev form used by L-BFGS, whose
-    ``eta`` is minimised exactly (envelope theorem).
+    ``X``. With ``sharpness=None`` the CVaR term is exact (the value reported) and
+    the gradient is not computed (NaN); otherwise the CVaR is the smoothed
+    Rockafellar-Uryasev form used by L-BFGS, whose ``eta`` is minimised exactly
+    (envelope theorem).
     """
-    X, y, w, gidx, n_groups = data.X, data.y, data.w, data.gidx, data.n_groups
-    mean, scale = data.mean, data.scale
+    X, y, w, gidx = data.X, data.y, data.w, data.gidx
+    mean, scale, wsum, gw = data.mean, data.scale, data.wsum, data.group_weight
     d = X.shape[1]
     v, b = theta[:d], theta[d]
     u = v / scale
-    p = expit(X @ u + (b - mean @ u))
+    p = X @ u
+    p += b - mean @ u
+    expit(p, out=p)
     r = p - y
-    wsum = w.sum()
-    value = float(np.dot(w, r * r)) / wsum + alpha * float(v @ v)
-    coef_row: NDArray[np.float64] | float = 1.0 / wsum
+    wr = r if data.unit_weights else w * r
+    sq = wr * r
+    value = float(sq.sum()) / wsum + alpha * float(v @ v)
     if lam > 0:
-        bg, mass = group_brier(p, y, w, gidx, n_groups)
+        num = np.bincount(gidx, weights=sq, minlength=data.n_groups)
+        bg = np.divide(num, gw, out=np.zeros_like(num), where=gw > 0)
+        mass = (gw > 0) / float(np.count_nonzero(gw > 0))
         if sharpness is None:
-            value += lam * exact_cvar(bg[mass > 0], tail)
-            return value, np.full_like(theta, np.nan)
+            return value + lam * exact_cvar(bg[gw > 0], tail), np.full_like(
+                theta, np.nan
+            )
         cv, d_b, _ = _smoothed_cvar_at_optimum(bg, mass, tail, sharpness)
         value += lam * cv
-        gw = np.bincount(gidx, weights=w, minlength=n_groups)
         per_group = np.divide(lam * d_b, gw, out=np.zeros_like(d_b), where=gw > 0)
-        coef_row = coef_row + per_group[gidx]
-    gz = 2.0 * w * r * coef_row * p * (1.0 - p)
+        coef_row = (per_group + 1.0 / wsum)[gidx]
+        coef_row *= wr
+        wr = coef_row
+    else:
+        wr = wr / wsum
+    # d value / d score = 2 w r coef p (1 - p)
+    gz = p
+    gz *= 1.0 - p
+    gz *= wr
+    gz *= 2.0
     gsum = float(gz.sum())
     grad = np.empty_like(theta)
-    grad[:d] = (data.Xt @ gz - mean * gsum) / scale + 2.0 * alpha * v
+    grad[:d] = (X.T @ gz - mean * gsum) / scale + 2.0 * alpha * v
     grad[d] = gsum
     return value, grad
 

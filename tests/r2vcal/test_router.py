@@ -56,7 +56,7 @@ def test_linear_gradient_matches_finite_differences():
     gidx = np.unique(g, return_inverse=True)[1]
     w = np.random.default_rng(1).uniform(0.5, 2.0, size=len(y))
     mean, scale = X.mean(0), X.std(0)
-    data = _LinearData(X, X.T.copy(), y.astype(float), w, gidx, 10, mean, scale)
+    data = _LinearData(X, y.astype(float), w, gidx, 10, mean, scale)
     theta = np.random.default_rng(2).normal(size=5) * 0.5
 
     def f(t):
@@ -97,9 +97,7 @@ def test_objective_is_minimised_against_perturbations():
     gidx = np.unique(g, return_inverse=True)[1]
     mean = X.mean(0)
     scale = X.std(0)
-    data = _LinearData(
-        X, X.T.copy(), y.astype(float), np.ones(len(y)), gidx, 10, mean, scale
-    )
+    data = _LinearData(X, y.astype(float), np.ones(len(y)), gidx, 10, mean, scale)
     v = r.coef_[0] * scale
     theta = np.append(v, r.intercept_[0] + mean @ r.coef_[0])
     base = linear_objective(theta, data, 2.0, r.cvar_tail, r.alpha, None)[0]
