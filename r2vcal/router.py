@@ -811,7 +811,7 @@ class _LinearData:
         self.wsum = float(self.w.sum())
         self.group_weight = np.bincount(
             self.gidx, weights=self.w, minlength=self.n_groups
-        )
+        ).astype(np.float64)
         self.unit_weights = bool(np.all(self.w == 1.0))
 
 
