@@ -85,8 +85,9 @@ def cost_threshold(estimator: Any) -> float:
     """``threshold`` if set, else the Bayes rule (cost_llm - cost_slm) / miss_cost."""
     if estimator.threshold is not None:
         return float(estimator.threshold)
-    tau = (estimator.cost_llm - estimator.cost_slm) / estimator.miss_cost
-    return float(np.clip(tau, 0.0, 1.0))
+    from r2vcal.thresholds import bayes_threshold
+
+    return bayes_threshold(estimator.cost_slm, estimator.cost_llm, estimator.miss_cost)
 
 
 def _splitmix64(z: NDArray[np.uint64]) -> NDArray[np.uint64]:
