@@ -31,12 +31,19 @@ class MLPResult:
 
 def group_batches(
     gidx: NDArray[np.intp], n_groups: int, batch_size: int, rng: np.random.Generator
-) -> list[NDArray[np.intp]]:
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
     """Shuffle rows into minibatches that each contain rows of every group.
 
     Rows are shuffled, then each group's rows are dealt evenly over the
     ``ceil(n / batch_size)`` batches (a group with fewer rows than batches appears
     in as many batches as it has rows).
+
+    Returns
+    -------
+    order : ndarray of shape (n,)
+        Row indices, batch after batch.
+    bounds : ndarray of shape (n_batches + 1,)
+        Batch ``k`` is ``order[bounds[k]:bounds[k + 1]]``.
     """
     n = gidx.shape[0]
     n_batches = max(1, math.ceil(n / batch_size))
@@ -49,7 +56,7 @@ def group_batches(
     batch_of = (rank * n_batches) // np.maximum(counts[g_sorted], 1)
     by_batch = np.argsort(batch_of, kind="stable")
     bounds = np.searchsorted(batch_of[by_batch], np.arange(n_batches + 1))
-    return [order[by_batch[a:b]] for a, b in itertools.pairwise(bounds) if b > a]
+    return order[by_batch], bounds
 
 
 def torch_exact_cvar(
@@ -147,10 +154,14 @@ def train_mlp(
     for epoch in range(n_epochs):
         net.train()
         epoch_loss, epoch_cvar, nb = 0.0, 0.0, 0
-        for idx in group_batches(gidx, n_groups, batch_size, rng):
-            it = torch.as_tensor(idx)
+        order, bounds = group_batches(gidx, n_groups, batch_size, rng)
+        it = torch.as_tensor(order)
+        Xe, ye, we, ge = Xt[it], yt[it], wt[it], gt[it]  # one gather per epoch
+        for a, b in itertools.pairwise(bounds.tolist()):
+            if b == a:
+                continue
             loss, cv = _loss(
-                net, Xt[it], yt[it], wt[it], gt[it], n_groups, lam, cvar_tail, alpha
+                net, Xe[a:b], ye[a:b], we[a:b], ge[a:b], n_groups, lam, cvar_tail, alpha
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()
