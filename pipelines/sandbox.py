@@ -288,6 +288,7 @@ class Sandbox:
         stdin: str | None = None,
         env: Mapping[str, str] | None = None,
         python_program: bool = False,
+        workdir: str | os.PathLike[str] | None = None,
     ) -> SandboxResult:
         """Run ``argv`` inside the sandbox.
 
@@ -309,6 +310,10 @@ class Sandbox:
         python_program : bool, default=False
             Install the audit-hook fallback for Python programs when namespaces
             are unavailable.
+        workdir : path-like, optional
+            Use (and keep) this existing directory as the working directory
+            instead of a fresh temporary one, for state that persists across
+            runs (a terminal session). Only it is writable.
 
         Returns
         -------
@@ -325,9 +330,14 @@ class Sandbox:
         )
         start = time.perf_counter()
         root = Path(tempfile.mkdtemp(prefix="r2vcal-sandbox-"))
-        workdir = root / "work"
+        if workdir is None:
+            workdir = root / "work"
+            workdir.mkdir()
+        else:
+            workdir = Path(workdir).resolve()
+            if not workdir.is_dir():
+                raise FileNotFoundError(f"workdir {workdir} is not a directory.")
         outdir = root / "out"
-        workdir.mkdir()
         outdir.mkdir()
         cgroup: Path | None = None
         try:

@@ -1,0 +1,3 @@
+#!/bin/bash
+set -euo pipefail
+for f in photos/*.jpeg; do mv "$f" "${f%.jpeg}.jpg"; done
