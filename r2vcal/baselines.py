@@ -48,6 +48,8 @@ class _BaseRouter(ClassifierMixin, BaseEstimator):
     def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_class = False
+        # one feature (or none): no accuracy promise on arbitrary data
+        tags.classifier_tags.poor_score = True
         return tags
 
     def _fit_target(self, y: ArrayLike) -> NDArray[np.float64]:
@@ -106,8 +108,7 @@ class _FeatureRouter(_BaseRouter):
         self.miss_cost = miss_cost
         self.threshold = threshold
 
-    def _column(self, X: Any, reset: bool) -> NDArray[np.float64]:
-        Xv = validate_data(self, X, reset=reset, dtype=np.float64)
+    def _column(self, Xv: NDArray[np.float64]) -> NDArray[np.float64]:
         if isinstance(self.feature, str):
             names = getattr(self, "feature_names_in_", None)
             if names is None or self.feature not in list(names):
@@ -138,8 +139,9 @@ class _FeatureRouter(_BaseRouter):
 
         ``groups`` is accepted for interface parity and ignored.
         """
-        s = self._column(X, reset=True)
-        y01 = self._fit_target(np.asarray(y))
+        Xv, yv = validate_data(self, X, y, dtype=np.float64)
+        s = self._column(Xv)
+        y01 = self._fit_target(yv)
         sw = _check_sample_weight(sample_weight, s.reshape(-1, 1))
         iso = IsotonicRegression(
             y_min=0.0, y_max=1.0, increasing=self._risk_increases, out_of_bounds="clip"
@@ -151,7 +153,7 @@ class _FeatureRouter(_BaseRouter):
 
     def _proba1(self, X: Any) -> NDArray[np.float64]:
         check_is_fitted(self)
-        s = self._column(X, reset=False)
+        s = self._column(validate_data(self, X, reset=False, dtype=np.float64))
         return np.asarray(np.interp(s, self.isotonic_x_, self.isotonic_y_))
 
 

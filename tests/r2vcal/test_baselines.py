@@ -1,0 +1,74 @@
+"""Tests of r2vcal.baselines: same interface as the router, honest behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from r2vcal import EntropyRouter, OracleRouter, RandomRouter, VerifierRouter
+
+
+@parametrize_with_checks(
+    [EntropyRouter(feature=0), VerifierRouter(feature=0), RandomRouter(0.2)]
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture
+def frame():
+    rng = np.random.default_rng(0)
+    n = 4000
+    entropy = rng.gamma(2.0, 0.5, size=n)
+    verifier = rng.uniform(size=n)
+    risk = 1 / (1 + np.exp(-(1.5 * entropy - 2.0 * verifier - 0.5)))
+    y = (rng.random(n) < risk).astype(int)
+    X = pd.DataFrame(
+        {"token_entropy_mean": entropy, "verifier_max": verifier, "y_counterfactual": y}
+    )
+    return X, y
+
+
+def test_entropy_router_is_monotone_increasing_in_entropy(frame):
+    X, y = frame
+    r = EntropyRouter().fit(X, y)
+    p = r.predict_proba(X)[:, 1]
+    order = np.argsort(X["token_entropy_mean"].to_numpy())
+    assert np.all(np.diff(p[order]) >= -1e-12)
+    assert r.threshold_ == pytest.approx(0.45)  # (10 - 1) / 20
+    np.testing.assert_array_equal(r.route(X), p >= 0.45)
+
+
+def test_verifier_router_is_monotone_decreasing_in_score(frame):
+    X, y = frame
+    p = VerifierRouter().fit(X, y).predict_proba(X)[:, 1]
+    order = np.argsort(X["verifier_max"].to_numpy())
+    assert np.all(np.diff(p[order]) <= 1e-12)
+
+
+def test_feature_routers_name_missing_columns(frame):
+    X, y = frame
+    with pytest.raises(ValueError, match="needs X to be a DataFrame with a column"):
+        EntropyRouter("entropy").fit(X, y)
+    with pytest.raises(ValueError, match="out of range"):
+        EntropyRouter(7).fit(X.to_numpy(), y)
+
+
+def test_random_router_escalates_at_its_rate(frame):
+    X, y = frame
+    r = RandomRouter(0.25, random_state=0).fit(X, y)
+    routed = r.route(X)
+    assert abs(routed.mean() - 0.25) < 0.03
+    np.testing.assert_array_equal(routed, r.route(X))  # reproducible
+    np.testing.assert_allclose(r.predict_proba(X)[:, 1], y.mean())
+
+
+def test_oracle_router_is_hindsight_and_flagged(frame):
+    X, y = frame
+    r = OracleRouter().fit(X, y)
+    assert OracleRouter.deployable is False and EntropyRouter.deployable is True
+    np.testing.assert_array_equal(r.route(X), y == 1)
+    with pytest.raises(ValueError, match="label column"):
+        r.predict_proba(X.drop(columns="y_counterfactual"))
