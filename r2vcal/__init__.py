@@ -11,6 +11,7 @@ from r2vcal.baselines import (
     OracleRouter,
     RandomRouter,
     VerifierRouter,
+    compare_routers,
 )
 from r2vcal.persist import load_router, save_router
 from r2vcal.router import (
@@ -28,6 +29,7 @@ __all__ = [
     "RandomRouter",
     "VerifierRouter",
     "__version__",
+    "compare_routers",
     "load_router",
     "save_router",
 ]

@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.isotonic import IsotonicRegression
@@ -30,7 +32,13 @@ from sklearn.utils.validation import (
 from r2vcal.persist import register_persistable
 from r2vcal.router import cost_threshold, encode_binary_target
 
-__all__ = ["EntropyRouter", "OracleRouter", "RandomRouter", "VerifierRouter"]
+__all__ = [
+    "EntropyRouter",
+    "OracleRouter",
+    "RandomRouter",
+    "VerifierRouter",
+    "compare_routers",
+]
 
 _COST_CONSTRAINTS: dict[str, list[Any]] = {
     "cost_slm": [Interval(Real, 0, None, closed="left")],
@@ -163,7 +171,7 @@ class EntropyRouter(_FeatureRouter):
 
     Parameters
     ----------
-    feature : str or int, default="token_entropy_mean"
+    feature : str or int, default="entropy_mean"
         Column holding the entropy (name with DataFrame input, or index).
     cost_slm, cost_llm, miss_cost, threshold
         As in :class:`~r2vcal.CVaRBrierRouter`: ``threshold_`` is the Bayes rule
@@ -174,7 +182,7 @@ class EntropyRouter(_FeatureRouter):
 
     def __init__(
         self,
-        feature: str | int = "token_entropy_mean",
+        feature: str | int = "entropy_mean",
         *,
         cost_slm: float = 1.0,
         cost_llm: float = 10.0,
@@ -330,3 +338,155 @@ class OracleRouter(_BaseRouter):
     def _proba1(self, X: Any) -> NDArray[np.float64]:
         check_is_fitted(self)
         return self._labels(X)
+
+
+def _positive_proba(router: Any, X: Any) -> NDArray[np.float64]:
+    """Column 1 of ``predict_proba`` or, for an array, the array itself."""
+    if hasattr(router, "predict_proba"):
+        return np.asarray(router.predict_proba(X)[:, 1], dtype=np.float64)
+    p = np.asarray(router, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(
+            "compare_routers: each entry of 'routers' must be a fitted router or a "
+            f"1-d array of escalation probabilities; got an array of shape {p.shape}."
+        )
+    return p
+
+
+def compare_routers(
+    routers: Mapping[str, Any],
+    X: Any,
+    y: ArrayLike,
+    *,
+    groups: ArrayLike | None = None,
+    slm_success: ArrayLike | None = None,
+    llm_success: ArrayLike | None = None,
+    cost_slm: float = 1.0,
+    cost_llm: float = 10.0,
+    budgets: Sequence[float] = (0.1, 0.25, 0.5),
+    reference: str | None = None,
+    n_bins: int = 15,
+    tail: float = 0.2,
+    n_resamples: int = 200,
+    confidence_level: float = 0.95,
+    random_state: int | None = 0,
+) -> pd.DataFrame:
+    """Compare routers on one held-out table: one tidy row per (router, metric).
+
+    Parameters
+    ----------
+    routers : mapping of str to fitted router or array
+        Name -> fitted estimator with ``predict_proba``, or an array of
+        escalation probabilities (for routers that need other inputs than ``X``).
+    X : array-like or DataFrame
+        Features passed to each estimator's ``predict_proba``.
+    y : array-like of shape (n_samples,)
+        Binary label, 1 = "escalation needed".
+    groups : array-like, default=None
+        Perturbation seeds: per-group metrics and a cluster bootstrap over them.
+    slm_success, llm_success : array-like of {0, 1}, default=None
+        Step outcome on each side, for the frontier. When omitted they are taken
+        from the label: the SLM fails exactly where ``y = 1`` and the LLM always
+        succeeds (the counterfactual reading of the label).
+    cost_slm, cost_llm : float
+        Step costs for the frontier.
+    budgets : sequence of float in [0, 1], default=(0.1, 0.25, 0.5)
+        Escalation rates at which the success is reported (``success@b``).
+    reference : str, default=None
+        Name of a router in ``routers`` (e.g. the entropy baseline): adds
+        ``rank_corr_vs_reference``, the Spearman correlation of each router's
+        probabilities with it. A router that merely copies the baseline shows
+        a value near 1.
+    n_bins, tail : int, float
+        ECE bins and CVaR tail fraction over groups.
+    n_resamples, confidence_level, random_state
+        Bootstrap settings; the same resamples are used for every router.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``router``, ``deployable``, ``metric``, ``estimate``, ``ci_low``,
+        ``ci_high``. Metrics: ``brier``, ``ece``, ``worst_group_brier``,
+        ``cvar_group_brier`` (with groups), ``auroc``, ``frontier_auc``,
+        ``success@b`` per budget and ``rank_corr_vs_reference``. Pivot with
+        ``table.pivot(index="router", columns="metric", values="estimate")``.
+    """
+    from scipy.stats import spearmanr
+    from sklearn.metrics import roc_auc_score
+
+    from r2vcal.frontier import frontier_auc, reliability_cost_frontier, success_at
+    from r2vcal.metrics import bootstrap_ci, expected_calibration_error, group_metrics
+
+    y01 = np.asarray(y, dtype=np.float64)
+    n = y01.shape[0]
+    slm = 1.0 - y01 if slm_success is None else np.asarray(slm_success, np.float64)
+    llm = np.ones(n) if llm_success is None else np.asarray(llm_success, np.float64)
+    g = None if groups is None else np.asarray(groups)
+    probs = {name: _positive_proba(r, X) for name, r in routers.items()}
+    for name, p in probs.items():
+        if p.shape[0] != n:
+            raise ValueError(
+                f"compare_routers: router {name!r} gave {p.shape[0]} probabilities "
+                f"for {n} labels."
+            )
+    if reference is not None and reference not in probs:
+        raise ValueError(
+            f"compare_routers: reference={reference!r} is not one of the routers "
+            f"{sorted(probs)}."
+        )
+    idx = np.arange(n)
+
+    def frontier(i: NDArray[np.intp], p: NDArray[np.float64]) -> pd.DataFrame:
+        return reliability_cost_frontier(
+            p[i], slm[i], llm[i], cost_slm=cost_slm, cost_llm=cost_llm
+        )
+
+    def metric_fns(p: NDArray[np.float64]) -> dict[str, Any]:
+        fns: dict[str, Any] = {
+            "brier": lambda i: float(np.mean((p[i] - y01[i]) ** 2)),
+            "ece": lambda i: expected_calibration_error(y01[i], p[i], n_bins=n_bins),
+            "auroc": lambda i: (
+                float(roc_auc_score(y01[i], p[i])) if 0 < y01[i].sum() < len(i) else 0.5
+            ),
+            "frontier_auc": lambda i: frontier_auc(frontier(i, p)),
+        }
+        if g is not None:
+            fns["worst_group_brier"] = lambda i: float(
+                group_metrics(y01[i], p[i], g[i], tail=tail, n_bins=n_bins).attrs[
+                    "worst_brier"
+                ]
+            )
+            fns["cvar_group_brier"] = lambda i: float(
+                group_metrics(y01[i], p[i], g[i], tail=tail, n_bins=n_bins).attrs[
+                    "cvar_brier"
+                ]
+            )
+        for b in budgets:
+            fns[f"success@{b:g}"] = lambda i, b=b: success_at(frontier(i, p), b)
+        if reference is not None:
+            ref = probs[reference]
+            fns["rank_corr_vs_reference"] = lambda i: (
+                float(spearmanr(p[i], ref[i]).statistic)
+                if np.ptp(p[i]) > 0 and np.ptp(ref[i]) > 0
+                else 0.0  # a constant forecast carries no ranking
+            )
+        return fns
+
+    rows = []
+    for name, p in probs.items():
+        est = routers[name]
+        deployable = bool(getattr(type(est), "deployable", True))
+        for metric, fn in metric_fns(p).items():
+            ci = bootstrap_ci(
+                fn,
+                idx,
+                n_resamples=n_resamples,
+                confidence_level=confidence_level,
+                groups=g,
+                random_state=random_state,
+            )
+            rows.append((name, deployable, metric, ci.estimate, ci.low, ci.high))
+    return pd.DataFrame(
+        rows,
+        columns=["router", "deployable", "metric", "estimate", "ci_low", "ci_high"],
+    )

@@ -26,7 +26,7 @@ def frame():
     risk = 1 / (1 + np.exp(-(1.5 * entropy - 2.0 * verifier - 0.5)))
     y = (rng.random(n) < risk).astype(int)
     X = pd.DataFrame(
-        {"token_entropy_mean": entropy, "verifier_max": verifier, "y_counterfactual": y}
+        {"entropy_mean": entropy, "verifier_max": verifier, "y_counterfactual": y}
     )
     return X, y
 
@@ -35,7 +35,7 @@ def test_entropy_router_is_monotone_increasing_in_entropy(frame):
     X, y = frame
     r = EntropyRouter().fit(X, y)
     p = r.predict_proba(X)[:, 1]
-    order = np.argsort(X["token_entropy_mean"].to_numpy())
+    order = np.argsort(X["entropy_mean"].to_numpy())
     assert np.all(np.diff(p[order]) >= -1e-12)
     assert r.threshold_ == pytest.approx(0.45)  # (10 - 1) / 20
     np.testing.assert_array_equal(r.route(X), p >= 0.45)
@@ -72,3 +72,38 @@ def test_oracle_router_is_hindsight_and_flagged(frame):
     np.testing.assert_array_equal(r.route(X), y == 1)
     with pytest.raises(ValueError, match="label column"):
         r.predict_proba(X.drop(columns="y_counterfactual"))
+
+
+def test_compare_routers_shows_a_copy_of_the_baseline(frame):
+    from r2vcal import CVaRBrierRouter, compare_routers
+
+    X, y = frame
+    g = np.arange(len(y)) % 5
+    feats = X[["entropy_mean", "verifier_max"]]
+    router = CVaRBrierRouter(random_state=0).fit(feats, y, groups=g)
+    entropy = EntropyRouter().fit(feats, y)
+    copy = EntropyRouter().fit(feats, y)  # a "router" that is the baseline
+    table = compare_routers(
+        {
+            "cvar": router,
+            "entropy": entropy,
+            "copy": copy,
+            "random": RandomRouter(0.3).fit(feats, y),
+            "oracle": y.astype(float),
+        },
+        feats,
+        y,
+        groups=g,
+        reference="entropy",
+        n_resamples=30,
+    )
+    est = table.pivot(index="router", columns="metric", values="estimate")
+    assert est.loc["copy", "rank_corr_vs_reference"] == pytest.approx(1.0)
+    assert est.loc["cvar", "rank_corr_vs_reference"] < 0.9
+    assert est.loc["cvar", "frontier_auc"] > est.loc["entropy", "frontier_auc"]
+    assert est.loc["oracle", "frontier_auc"] >= est.loc["cvar", "frontier_auc"]
+    assert est.loc["random", "frontier_auc"] < est.loc["cvar", "frontier_auc"]
+    assert (table["ci_low"] <= table["ci_high"]).all()
+    assert {"brier", "ece", "worst_group_brier", "auroc", "success@0.25"} <= set(
+        table["metric"]
+    )
