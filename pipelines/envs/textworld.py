@@ -244,6 +244,12 @@ class TextWorldEnv:
         plan = self._state.policy_commands or []
         return plan[0] if plan else None
 
+    def admissible_commands(self) -> list[str]:
+        """Commands the game accepts in the current state."""
+        if self._state is None:
+            return []
+        return list(self._state.admissible_commands or [])
+
     def step(self, action: str) -> tuple[str, bool, bool, dict[str, Any]]:
         """Send a command to the game."""
         if self._env is None or self._done:
