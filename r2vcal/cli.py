@@ -1,0 +1,345 @@
+"""The ``r2vcal`` command line.
+
+::
+
+    r2vcal fit TABLE --target COL --groups COL [--features ...] --out DIR
+    r2vcal report ROUTER TABLE --target COL [--groups COL] --out DIR
+    r2vcal demo [--out DIR]
+
+``fit`` reads a Parquet or CSV table, holds out a share of the rows, fits
+:class:`~r2vcal.CVaRBrierRouter` and the baselines on the rest, saves the router
+(``DIR/router``, pickle-free) and writes a report on the held-out rows
+(``DIR/report``). ``report`` evaluates a saved router on a table. ``demo`` runs
+``fit`` on the shipped MMLU-Pro cascade table. Bad paths or columns print one
+line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["main"]
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _read_table(path: str) -> pd.DataFrame:
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"table not found: {path}")
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(p)
+        if suffix in (".csv", ".gz", ".tsv"):
+            return pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",")
+    except Exception as exc:  # pyarrow/pandas raise many types for bad files
+        raise CLIError(f"could not read {path}: {exc}") from None
+    raise CLIError(f"{path}: expected a .parquet or .csv file, got {suffix or 'none'}")
+
+
+def _columns(
+    df: pd.DataFrame, target: str, groups: str | None, features: Sequence[str] | None
+) -> list[str]:
+    for name, col in (("--target", target), ("--groups", groups)):
+        if col is not None and col not in df.columns:
+            raise CLIError(
+                f"{name} column {col!r} is not in the table (columns: "
+                f"{', '.join(map(str, df.columns[:25]))})"
+            )
+    if features:
+        missing = [f for f in features if f not in df.columns]
+        if missing:
+            raise CLIError(f"--features not in the table: {', '.join(missing)}")
+        return list(features)
+    from r2vcal.features import FEATURE_NAMES
+
+    known = [c for c in FEATURE_NAMES if c in df.columns]
+    if known:
+        return known
+    skip = {target, groups}
+    numeric = [
+        c
+        for c in df.columns
+        if c not in skip
+        and pd.api.types.is_numeric_dtype(df[c])
+        and not str(c).startswith(("y_", "slm_", "llm_", "teacher_"))
+    ]
+    if not numeric:
+        raise CLIError("no numeric feature columns found; pass --features")
+    return numeric
+
+
+def _baselines(features: list[str], costs: dict[str, Any]) -> dict[str, Any]:
+    from r2vcal.baselines import EntropyRouter, RandomRouter, VerifierRouter
+
+    out: dict[str, Any] = {}
+    if "entropy_mean" in features:
+        out["entropy"] = EntropyRouter("entropy_mean", **costs)
+    if "verifier_max" in features:
+        out["verifier"] = VerifierRouter("verifier_max", **costs)
+    out["random"] = RandomRouter(0.25, random_state=0)
+    return out
+
+
+def _fit_and_report(
+    df: pd.DataFrame,
+    *,
+    target: str,
+    groups: str | None,
+    features: list[str],
+    out: Path,
+    router_kwargs: dict[str, Any],
+    costs: dict[str, Any],
+    test_size: float,
+    slm_col: str | None,
+    llm_col: str | None,
+    extra_baselines: dict[str, str] | None = None,
+    title: str,
+    notes: list[str],
+    seed: int = 0,
+) -> dict[str, Any]:
+    from sklearn.model_selection import train_test_split
+    from tqdm.auto import tqdm
+
+    from r2vcal import CVaRBrierRouter, save_router
+    from r2vcal.baselines import EntropyRouter
+    from r2vcal.report import write_report
+
+    y = df[target].to_numpy()
+    if not np.isin(pd.unique(y), [0, 1, True, False]).all():
+        raise CLIError(f"--target column {target!r} must hold 0/1 labels")
+    strat = df[groups].astype(str) + "|" + df[target].astype(str) if groups else y
+    train, test = train_test_split(
+        np.arange(len(df)), test_size=test_size, random_state=seed, stratify=strat
+    )
+    X = df[features].astype(np.float64)
+    g = df[groups].to_numpy() if groups else None
+    routers: dict[str, Any] = {
+        "CVaRBrierRouter": CVaRBrierRouter(random_state=seed, **router_kwargs, **costs)
+    }
+    for name, col in (extra_baselines or {}).items():
+        routers[name] = EntropyRouter(col, **costs)
+    routers.update(_baselines(features, costs))
+    timings: dict[str, float] = {}
+    for name, router in tqdm(
+        list(routers.items()), desc="fitting routers", unit="router"
+    ):
+        t0 = time.perf_counter()
+        router.fit(X.iloc[train], y[train], groups=None if g is None else g[train])
+        timings[name] = time.perf_counter() - t0
+    save_router(routers["CVaRBrierRouter"], out / "router")
+    notes = [
+        *notes,
+        f"train rows {len(train):,}, held-out rows {len(test):,}",
+        f"features ({len(features)}): {', '.join(features)}",
+        "fit seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()),
+    ]
+    print("writing report (bootstrap CIs) ...", file=sys.stderr)
+    reference = (
+        "entropy" if "entropy" in routers else next(iter(extra_baselines or {}), None)
+    )
+    write_report(
+        out / "report",
+        routers,
+        X.iloc[test],
+        y[test],
+        groups=None if g is None else g[test],
+        slm_success=None if slm_col is None else df[slm_col].to_numpy()[test],
+        llm_success=None if llm_col is None else df[llm_col].to_numpy()[test],
+        reference=reference,
+        cost_slm=costs["cost_slm"],
+        cost_llm=costs["cost_llm"],
+        title=title,
+        notes=notes,
+    )
+    return routers
+
+
+def _add_router_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cvar-weight", type=float, default=1.0)
+    p.add_argument("--cvar-tail", type=float, default=0.2)
+    p.add_argument(
+        "--calibration",
+        choices=["temperature", "isotonic", "none"],
+        default="temperature",
+    )
+    p.add_argument(
+        "--hidden",
+        type=int,
+        nargs="*",
+        default=[],
+        help="hidden layer sizes (MLP backend); none = linear",
+    )
+    p.add_argument("--cost-slm", type=float, default=1.0)
+    p.add_argument("--cost-llm", type=float, default=10.0)
+    p.add_argument("--miss-cost", type=float, default=20.0)
+    p.add_argument("--test-size", type=float, default=0.3)
+
+
+def _router_kwargs(a: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    kwargs = {
+        "cvar_weight": a.cvar_weight,
+        "cvar_tail": a.cvar_tail,
+        "calibration": None if a.calibration == "none" else a.calibration,
+        "hidden_layer_sizes": tuple(a.hidden),
+    }
+    costs = {"cost_slm": a.cost_slm, "cost_llm": a.cost_llm, "miss_cost": a.miss_cost}
+    return kwargs, costs
+
+
+def _cmd_fit(a: argparse.Namespace) -> int:
+    df = _read_table(a.table)
+    features = _columns(df, a.target, a.groups, a.features)
+    kwargs, costs = _router_kwargs(a)
+    out = Path(a.out)
+    _fit_and_report(
+        df,
+        target=a.target,
+        groups=a.groups,
+        features=features,
+        out=out,
+        router_kwargs=kwargs,
+        costs=costs,
+        test_size=a.test_size,
+        slm_col=a.slm_success,
+        llm_col=a.llm_success,
+        title=f"r2vcal fit {Path(a.table).name}",
+        notes=[f"table: {a.table}", f"target: {a.target}, groups: {a.groups}"],
+    )
+    print(f"router: {out / 'router'}\nreport: {out / 'report' / 'report.md'}")
+    return 0
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from r2vcal import load_router
+    from r2vcal.report import write_report
+
+    try:
+        router = load_router(a.router)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    df = _read_table(a.table)
+    names = getattr(router, "feature_names_in_", None)
+    if names is None:
+        raise CLIError("the saved router has no feature names; refit it on a table")
+    features = _columns(df, a.target, a.groups, [str(n) for n in names])
+    write_report(
+        Path(a.out),
+        {"router": router},
+        df[features].astype(np.float64),
+        df[a.target].to_numpy(),
+        groups=None if a.groups is None else df[a.groups].to_numpy(),
+        title=f"r2vcal report {Path(a.table).name}",
+        notes=[f"router: {a.router}", f"table: {a.table}"],
+        cost_slm=float(getattr(router, "cost_slm", 1.0)),
+        cost_llm=float(getattr(router, "cost_llm", 10.0)),
+    )
+    print(f"report: {Path(a.out) / 'report.md'}")
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from r2vcal.datasets import load_mmlu_pro_cascade
+
+    data = load_mmlu_pro_cascade(as_frame=True)
+    df = data.frame
+    out = Path(a.out)
+    print(
+        f"demo: MMLU-Pro cascade, {len(df):,} questions, small model "
+        "Llama-3.1-8B-Instruct -> big model Llama-3.1-70B-Instruct; groups = the "
+        "14 subject categories",
+        file=sys.stderr,
+    )
+    kwargs, costs = _router_kwargs(a)
+    features = list(data.feature_names)
+    routers = _fit_and_report(
+        df,
+        target="y",
+        groups="category",
+        features=features,
+        out=out,
+        router_kwargs=kwargs,
+        costs=costs,
+        test_size=a.test_size,
+        slm_col="slm_correct",
+        llm_col="llm_correct",
+        extra_baselines={"answer-length": "log_length"}
+        if "log_length" in features
+        else None,
+        title="r2vcal demo: MMLU-Pro small->big model cascade",
+        notes=[
+            "data: datasets/mmlu_pro_cascade (TIGER-AI-Lab MMLU-Pro eval results, "
+            "Apache-2.0)",
+            "label y = 1 when the small model is wrong and the big one right",
+        ],
+    )
+    r = routers["CVaRBrierRouter"]
+    print(
+        f"CVaRBrierRouter: threshold {r.threshold_:.3f}, temperature "
+        f"{r.temperature_:.3f}, CVaR of per-category Brier {r.cvar_:.4f}"
+    )
+    print((out / "report" / "report.md").read_text().split("## Reliability-cost")[0])
+    print(f"report: {out / 'report' / 'report.html'}")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The ``r2vcal`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="r2vcal", description="Calibrated step-level SLM->LLM escalation."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="fit a router on a table and write a report")
+    p.add_argument("table", help="Parquet or CSV trajectory-feature table")
+    p.add_argument("--target", required=True, help="0/1 label column")
+    p.add_argument("--groups", help="group (perturbation seed) column")
+    p.add_argument("--features", nargs="*", help="feature columns (default: known)")
+    p.add_argument("--slm-success", help="0/1 column: the SLM's step succeeded")
+    p.add_argument("--llm-success", help="0/1 column: the LLM's step succeeded")
+    p.add_argument("--out", required=True, help="output folder")
+    _add_router_args(p)
+    p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("report", help="evaluate a saved router on a table")
+    p.add_argument("router", help="folder written by `r2vcal fit` (DIR/router)")
+    p.add_argument("table")
+    p.add_argument("--target", required=True)
+    p.add_argument("--groups")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("demo", help="fit and report on the shipped MMLU-Pro table")
+    p.add_argument("--out", default="runs/demo")
+    _add_router_args(p)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``r2vcal`` command; returns the exit status."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (CLIError, FileNotFoundError) as exc:
+        print(f"r2vcal {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # validation errors from the library: one line
+        print(f"r2vcal {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""A report folder comparing a router with the baselines on one held-out table.
+
+``write_report`` writes::
+
+    out/
+      metrics.json      comparison table, per-group table, router summary
+      comparison.csv    compare_routers(...) (tidy: router, metric, estimate, CI)
+      groups.csv        per-seed metrics of the main router
+      reliability.png   reliability diagrams of every router, one axes
+      frontier.png      success vs escalation rate of every router + the oracle
+      groups.png        per-seed Brier of the main router with CIs
+      report.md         the above in prose and tables
+      report.html       the same as a standalone page
+
+Matplotlib is imported here only when a report is written.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+
+from r2vcal.baselines import _positive_proba, compare_routers
+
+__all__ = ["write_report"]
+
+_HEADLINE = ["brier", "ece", "worst_group_brier", "auroc", "frontier_auc"]
+
+
+def _fmt_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Wide table of ``estimate [low, high]`` strings, one row per router."""
+    cell = table.apply(
+        lambda r: f"{r.estimate:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]", axis=1
+    )
+    wide = (
+        table.assign(cell=cell)
+        .pivot(index="router", columns="metric", values="cell")
+        .reindex(index=list(dict.fromkeys(table["router"])))
+    )
+    order = [m for m in _HEADLINE if m in wide.columns]
+    order += [m for m in wide.columns if m not in order]
+    return wide[order]
+
+
+def _router_summary(router: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"class": type(router).__name__}
+    for key in ("threshold_", "cvar_", "temperature_", "n_iter_", "objective_"):
+        if hasattr(router, key):
+            out[key] = float(getattr(router, key))
+    if hasattr(router, "group_losses_"):
+        out["group_losses_"] = [float(v) for v in router.group_losses_]
+        out["group_labels_"] = [str(v) for v in router.group_labels_]
+    if hasattr(router, "get_params"):
+        out["params"] = {k: repr(v) for k, v in router.get_params().items()}
+    return out
+
+
+def write_report(
+    out: str | Path,
+    routers: Mapping[str, Any],
+    X: Any,
+    y: ArrayLike,
+    *,
+    groups: ArrayLike | None = None,
+    slm_success: ArrayLike | None = None,
+    llm_success: ArrayLike | None = None,
+    main: str | None = None,
+    reference: str | None = None,
+    cost_slm: float = 1.0,
+    cost_llm: float = 10.0,
+    budgets: Sequence[float] = (0.1, 0.25, 0.5),
+    title: str = "r2vcal router report",
+    notes: Sequence[str] = (),
+    n_resamples: int = 200,
+    random_state: int = 0,
+) -> Path:
+    """Compare ``routers`` on ``(X, y)`` and write the report folder ``out``.
+
+    Parameters
+    ----------
+    out : str or Path
+        Folder to write (created).
+    routers : mapping of str to fitted router or array of probabilities
+        The first entry (or ``main``) is the router under study.
+    X, y, groups, slm_success, llm_success, cost_slm, cost_llm, budgets
+        As in :func:`r2vcal.baselines.compare_routers`.
+    main : str, default=None
+        Name of the router under study (default: the first).
+    reference : str, default=None
+        Baseline to rank-correlate against (e.g. ``"entropy"``).
+    title : str
+        Heading of the report.
+    notes : sequence of str
+        Extra lines for the report (data provenance, split, ...).
+    n_resamples, random_state
+        Bootstrap settings.
+
+    Returns
+    -------
+    Path
+        The report folder.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from r2vcal.metrics import group_metrics
+    from r2vcal.plotting import FrontierDisplay, GroupDisplay, ReliabilityDisplay
+
+    outdir = Path(out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    main = main or next(iter(routers))
+    y01 = np.asarray(y, dtype=np.float64)
+    slm = 1.0 - y01 if slm_success is None else np.asarray(slm_success, np.float64)
+    llm = np.ones_like(y01) if llm_success is None else np.asarray(llm_success)
+    probs = {name: _positive_proba(r, X) for name, r in routers.items()}
+
+    table = compare_routers(
+        routers,
+        X,
+        y01,
+        groups=groups,
+        slm_success=slm,
+        llm_success=llm,
+        cost_slm=cost_slm,
+        cost_llm=cost_llm,
+        budgets=budgets,
+        reference=reference,
+        n_resamples=n_resamples,
+        random_state=random_state,
+    )
+    table.to_csv(outdir / "comparison.csv", index=False)
+
+    main_router = routers[main]
+    threshold = float(getattr(main_router, "threshold_", 0.5))
+    per_group = None
+    if groups is not None:
+        per_group = group_metrics(y01, probs[main], groups, threshold=threshold)
+        per_group.to_csv(outdir / "groups.csv")
+
+    # ---- plots: one figure each, no global style changes
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    for name, p in probs.items():
+        if np.ptp(p) == 0:  # constant forecasts (random router) have no curve
+            continue
+        ReliabilityDisplay.from_predictions(
+            y01, p, name=name, ax=ax, n_resamples=min(n_resamples, 100)
+        )
+    ax.set_title("Reliability (held-out steps)")
+    fig.savefig(outdir / "reliability.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for k, (name, p) in enumerate(probs.items()):
+        marks = {"Bayes": threshold} if name == main else None
+        FrontierDisplay.from_predictions(
+            p,
+            slm,
+            llm,
+            cost_slm=cost_slm,
+            cost_llm=cost_llm,
+            thresholds=marks,
+            oracle=k == 0,
+            name=name,
+            ax=ax,
+        )
+    ax.set_title("Reliability-cost frontier (held-out steps)")
+    fig.savefig(outdir / "frontier.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    if groups is not None:
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        GroupDisplay.from_predictions(
+            y01, probs[main], groups, name=main, ax=ax, n_resamples=n_resamples
+        )
+        ax.set_title(f"Per-seed Brier score of {main}")
+        fig.savefig(outdir / "groups.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+
+    # ---- machine-readable
+    summary = {
+        "title": title,
+        "n_steps": int(y01.shape[0]),
+        "positive_rate": float(y01.mean()),
+        "main": main,
+        "router": _router_summary(main_router),
+        "comparison": table.to_dict(orient="records"),
+        "groups": None
+        if per_group is None
+        else {
+            "table": per_group.reset_index().astype({"group": str}).to_dict("records"),
+            **{
+                k: (v if isinstance(v, str) else float(v))
+                for k, v in per_group.attrs.items()
+                if k != "worst_group"
+            },
+            "worst_group": str(per_group.attrs.get("worst_group")),
+        },
+        "costs": {"cost_slm": cost_slm, "cost_llm": cost_llm},
+        "notes": list(notes),
+    }
+    (outdir / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+
+    # ---- prose
+    wide = _fmt_table(table)
+    lines = [f"# {title}", ""]
+    lines += [f"- {n}" for n in notes]
+    lines += [
+        f"- held-out steps: {y01.shape[0]:,}; escalation-needed rate "
+        f"{y01.mean():.3f}; costs SLM {cost_slm:g}, LLM {cost_llm:g}",
+        f"- router under study: **{main}** (threshold {threshold:.3f})",
+        "- every figure is `estimate [95% bootstrap CI]`"
+        + (" (cluster bootstrap over seeds)" if groups is not None else ""),
+        "",
+        "## Comparison",
+        "",
+        wide.to_markdown(),
+        "",
+        "## Reliability-cost frontier",
+        "",
+        "![frontier](frontier.png)",
+        "",
+        "## Reliability diagrams",
+        "",
+        "![reliability](reliability.png)",
+        "",
+    ]
+    if per_group is not None:
+        lines += [
+            "## Per seed",
+            "",
+            f"Worst seed {per_group.attrs['worst_group']}: Brier "
+            f"{per_group.attrs['worst_brier']:.4f}; CVaR of per-seed Brier "
+            f"{per_group.attrs['cvar_brier']:.4f}.",
+            "",
+            "![groups](groups.png)",
+            "",
+            per_group.round(4).to_markdown(),
+            "",
+        ]
+    (outdir / "report.md").write_text("\n".join(lines))
+
+    page = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
+        "padding:3px 6px}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><ul>",
+        *[f"<li>{html.escape(n)}</li>" for n in notes],
+        f"<li>held-out steps: {y01.shape[0]:,}; escalation-needed rate "
+        f"{y01.mean():.3f}</li><li>router under study: <b>{html.escape(main)}</b> "
+        f"(threshold {threshold:.3f})</li></ul>",
+        "<h2>Comparison</h2>",
+        wide.to_html(),
+        "<h2>Reliability-cost frontier</h2><img src='frontier.png'>",
+        "<h2>Reliability diagrams</h2><img src='reliability.png'>",
+    ]
+    if per_group is not None:
+        page += [
+            "<h2>Per seed</h2><img src='groups.png'>",
+            per_group.round(4).to_html(),
+        ]
+    page.append("</body></html>")
+    (outdir / "report.html").write_text("\n".join(page))
+    return outdir
