@@ -274,9 +274,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
         test_size=a.test_size,
         slm_col="slm_correct",
         llm_col="llm_correct",
-        extra_baselines={"answer-length": "log_length"}
-        if "log_length" in features
-        else None,
+        extra_baselines={"length": "log_n_chars"},
         title="r2vcal demo: MMLU-Pro small->big model cascade",
         notes=[
             "data: datasets/mmlu_pro_cascade (TIGER-AI-Lab MMLU-Pro eval results, "
