@@ -284,19 +284,20 @@ array-like of shape (n,), default=None
 def _to_arrow(column: pd.Series, name: str) -> pa.Array:
     values = column.to_numpy(dtype=object)
     try:
-        arr = pa.array(values, from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+        arr = pa.array(values, from_pandas=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as first:
         # Cells that pyarrow cannot read directly (e.g. 2-d ndarrays): one
         # conversion per cell, then the same vectorised path.
         try:
             arr = pa.array(
                 [None if v is None else np.asarray(v).tolist() for v in values],
-                from_pandas=True,
+                from_pandas=False,
             )
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
             raise ValueError(
-                f"Column '{name}' must hold one list (or array) per step. "
-                f"Got values pyarrow cannot read: {exc}"
+                f"Column '{name}' must hold one list (or array) of numbers per "
+                f"step, nested as documented. Got values pyarrow cannot read "
+                f"({first}) instead."
             ) from None
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -851,16 +852,17 @@ def _compute(
     out: dict[str, np.ndarray] = {}
     n: int | None = None
     k: int | None = None
+    first_field = ""
 
     def check_nk(name: str, shape: tuple[int, ...]) -> None:
-        nonlocal n, k
+        nonlocal n, k, first_field
         if n is None:
-            n, k = shape[0], shape[1]
+            n, k, first_field = shape[0], shape[1], name
         elif shape[:2] != (n, k):
             raise ValueError(
                 f"The '{name}' field must have leading shape (n_steps, K) = "
-                f"({n}, {k}) like the other per-candidate fields. Got "
-                f"{shape[:2]} instead."
+                f"({n}, {k}) like the '{first_field}' field. Got {shape[:2]} "
+                "instead."
             )
 
     # ---- verifier scores ------------------------------------------------- #
