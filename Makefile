@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= torch,plot,pipelines,dev
 STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
-.PHONY: install demo test lint format bench clean test-vllm
+.PHONY: install demo test lint format bench clean test-vllm docs
 
 install: $(STAMP)
 
@@ -31,6 +31,16 @@ format: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -n 2 --durations=15
+
+# Documentation site (mkdocs-material + mkdocstrings), strict: a broken reference or
+# a failing docs/examples/*.py script fails the build. Output in build/site.
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -e ".[docs]"
+	touch $@
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 MPLBACKEND=Agg $(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_router.py
