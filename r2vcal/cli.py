@@ -107,6 +107,7 @@ def _fit_and_report(
     extra_baselines: dict[str, str] | None = None,
     title: str,
     notes: list[str],
+    n_resamples: int = 200,
     seed: int = 0,
 ) -> dict[str, Any]:
     from sklearn.model_selection import train_test_split
@@ -162,6 +163,7 @@ def _fit_and_report(
         cost_llm=costs["cost_llm"],
         title=title,
         notes=notes,
+        n_resamples=n_resamples,
     )
     return routers
 
@@ -185,6 +187,12 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cost-llm", type=float, default=10.0)
     p.add_argument("--miss-cost", type=float, default=20.0)
     p.add_argument("--test-size", type=float, default=0.3)
+    p.add_argument(
+        "--n-resamples",
+        type=int,
+        default=200,
+        help="bootstrap resamples for the report's CIs",
+    )
 
 
 def _router_kwargs(a: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -212,6 +220,7 @@ def _cmd_fit(a: argparse.Namespace) -> int:
         router_kwargs=kwargs,
         costs=costs,
         test_size=a.test_size,
+        n_resamples=a.n_resamples,
         slm_col=a.slm_success,
         llm_col=a.llm_success,
         title=f"r2vcal fit {Path(a.table).name}",
@@ -244,6 +253,7 @@ def _cmd_report(a: argparse.Namespace) -> int:
         notes=[f"router: {a.router}", f"table: {a.table}"],
         cost_slm=float(getattr(router, "cost_slm", 1.0)),
         cost_llm=float(getattr(router, "cost_llm", 10.0)),
+        n_resamples=a.n_resamples,
     )
     print(f"report: {Path(a.out) / 'report.md'}")
     return 0
@@ -272,6 +282,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
         router_kwargs=kwargs,
         costs=costs,
         test_size=a.test_size,
+        n_resamples=a.n_resamples,
         slm_col="slm_correct",
         llm_col="llm_correct",
         extra_baselines={"length": "log_n_chars"},
@@ -316,6 +327,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True)
     p.add_argument("--groups")
     p.add_argument("--out", required=True)
+    p.add_argument("--n-resamples", type=int, default=200)
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="fit and report on the shipped MMLU-Pro table")

@@ -48,6 +48,8 @@ def test_fit_writes_router_and_report(table, tmp_path, capsys):
             "seed",
             "--out",
             str(tmp_path),
+            "--n-resamples",
+            "20",
         ]
     )
     assert code == 0
