@@ -95,15 +95,16 @@ class _FeatureRouter(_BaseRouter):
     """Escalate on a monotone function of a single feature column."""
 
     _risk_increases: ClassVar[bool] = True
+    _default_feature: ClassVar[str] = ""
 
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
-        "feature": [str, Interval(Integral, 0, None, closed="left")],
+        "feature": [str, Interval(Integral, 0, None, closed="left"), None],
         **_COST_CONSTRAINTS,
     }
 
     def __init__(
         self,
-        feature: str | int = 0,
+        feature: str | int | None = None,
         *,
         cost_slm: float = 1.0,
         cost_llm: float = 10.0,
@@ -117,17 +118,18 @@ class _FeatureRouter(_BaseRouter):
         self.threshold = threshold
 
     def _column(self, Xv: NDArray[np.float64]) -> NDArray[np.float64]:
-        if isinstance(self.feature, str):
+        feature = self._default_feature if self.feature is None else self.feature
+        if isinstance(feature, str):
             names = getattr(self, "feature_names_in_", None)
-            if names is None or self.feature not in list(names):
+            if names is None or feature not in list(names):
                 raise ValueError(
-                    f"{type(self).__name__}(feature={self.feature!r}) needs X to be "
-                    f"a DataFrame with a column {self.feature!r}; got columns "
+                    f"{type(self).__name__}(feature={feature!r}) needs X to be "
+                    f"a DataFrame with a column {feature!r}; got columns "
                     f"{None if names is None else list(names)[:20]}."
                 )
-            j = list(names).index(self.feature)
+            j = list(names).index(feature)
         else:
-            j = int(self.feature)
+            j = int(feature)
             if j >= Xv.shape[1]:
                 raise ValueError(
                     f"{type(self).__name__}(feature={j}) is out of range for X with "
@@ -171,31 +173,16 @@ class EntropyRouter(_FeatureRouter):
 
     Parameters
     ----------
-    feature : str or int, default="entropy_mean"
-        Column holding the entropy (name with DataFrame input, or index).
+    feature : str, int or None, default=None
+        Column holding the entropy (name with DataFrame input, or index);
+        ``None`` means ``"entropy_mean"`` (:data:`r2vcal.features.FEATURE_NAMES`).
     cost_slm, cost_llm, miss_cost, threshold
         As in :class:`~r2vcal.CVaRBrierRouter`: ``threshold_`` is the Bayes rule
         unless ``threshold`` is given.
     """
 
     _risk_increases = True
-
-    def __init__(
-        self,
-        feature: str | int = "entropy_mean",
-        *,
-        cost_slm: float = 1.0,
-        cost_llm: float = 10.0,
-        miss_cost: float = 20.0,
-        threshold: float | None = None,
-    ) -> None:
-        super().__init__(
-            feature,
-            cost_slm=cost_slm,
-            cost_llm=cost_llm,
-            miss_cost=miss_cost,
-            threshold=threshold,
-        )
+    _default_feature = "entropy_mean"
 
 
 @register_persistable
@@ -204,30 +191,15 @@ class VerifierRouter(_FeatureRouter):
 
     Parameters
     ----------
-    feature : str or int, default="verifier_max"
-        Column holding the verifier score; risk decreases as it grows.
+    feature : str, int or None, default=None
+        Column holding the verifier score, risk decreasing as it grows;
+        ``None`` means ``"verifier_max"``.
     cost_slm, cost_llm, miss_cost, threshold
         As in :class:`~r2vcal.CVaRBrierRouter`.
     """
 
     _risk_increases = False
-
-    def __init__(
-        self,
-        feature: str | int = "verifier_max",
-        *,
-        cost_slm: float = 1.0,
-        cost_llm: float = 10.0,
-        miss_cost: float = 20.0,
-        threshold: float | None = None,
-    ) -> None:
-        super().__init__(
-            feature,
-            cost_slm=cost_slm,
-            cost_llm=cost_llm,
-            miss_cost=miss_cost,
-            threshold=threshold,
-        )
+    _default_feature = "verifier_max"
 
 
 @register_persistable

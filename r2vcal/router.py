@@ -443,20 +443,11 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         scale[scale < 1e-12] = 1.0
 
         n_groups = self.group_labels_.shape[0]
+        data = _TrainData(Xtr, ytr, wtr, gtr, n_groups, mean, scale)
         if hidden:
-            self._fit_mlp(
-                Xtr,
-                ytr,
-                wtr,
-                gtr,
-                n_groups,
-                mean,
-                scale,
-                hidden,
-                rng,
-            )
+            self._fit_mlp(data, hidden, rng)
         else:
-            self._fit_linear(Xtr, ytr, wtr, gtr, n_groups, mean, scale)
+            self._fit_linear(data)
 
         self.temperature_ = 1.0
         if hold is not None:
@@ -500,26 +491,17 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         return hold
 
     # -------------------------------------------------------- linear backend
-    def _fit_linear(
-        self,
-        X: NDArray[np.float64],
-        y: NDArray[np.float64],
-        w: NDArray[np.float64],
-        gidx: NDArray[np.intp],
-        n_groups: int,
-        mean: NDArray[np.float64],
-        scale: NDArray[np.float64],
-    ) -> None:
+    def _fit_linear(self, data: _TrainData) -> None:
         """L-BFGS on standardised weights without copying ``X``.
 
         With ``theta = (v, b)`` on standardised features the score is
         ``X @ (v / scale) + b - mean @ (v / scale)``; the gradient in ``v`` is
         ``(X.T @ g - mean * g.sum()) / scale``.
         """
-        d = X.shape[1]
+        d = data.X.shape[1]
+        mean, scale = data.mean, data.scale
         tail = float(self.cvar_tail)
         alpha = float(self.alpha)
-        data = _LinearData(X, y, w, gidx, n_groups, mean, scale)
         sharp = float(self.cvar_sharpness)
 
         def fun(theta: NDArray[np.float64], lam: float) -> tuple[float, Any]:
@@ -562,7 +544,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         self.objective_ = linear_objective(theta, data, lam, tail, alpha, None)[0]
 
     @staticmethod
-    def _linear_start(data: _LinearData) -> NDArray[np.float64]:
+    def _linear_start(data: _TrainData) -> NDArray[np.float64]:
         """Starting point: the weighted least-squares (linear probability) fit.
 
         Its slopes, divided by ``p(1 - p)`` at the base rate, approximate the
@@ -592,7 +574,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         theta: NDArray[np.float64],
         lam: float,
         solve: Any,
-        data: _LinearData,
+        data: _TrainData,
         tail: float,
     ) -> tuple[NDArray[np.float64], float, int]:
         """Constrained mode: ``lambda <- max(0, lambda + step_k (CVaR - bound))``.
@@ -629,25 +611,17 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
 
     # ----------------------------------------------------------- MLP backend
     def _fit_mlp(
-        self,
-        X: NDArray[np.float64],
-        y: NDArray[np.float64],
-        w: NDArray[np.float64],
-        gidx: NDArray[np.intp],
-        n_groups: int,
-        mean: NDArray[np.float64],
-        scale: NDArray[np.float64],
-        hidden: tuple[int, ...],
-        rng: np.random.RandomState,
+        self, data: _TrainData, hidden: tuple[int, ...], rng: np.random.RandomState
     ) -> None:
         from r2vcal._torch_mlp import train_mlp  # torch behind a door
 
+        mean, scale = data.mean, data.scale
         result = train_mlp(
-            (X - mean) / scale,
-            y,
-            w,
-            gidx,
-            n_groups,
+            (data.X - mean) / scale,
+            data.y,
+            data.w,
+            data.gidx,
+            data.n_groups,
             hidden=hidden,
             cvar_weight=float(self.cvar_weight),
             cvar_tail=float(self.cvar_tail),
@@ -794,8 +768,9 @@ def _fit_temperature(
 
 
 @dataclass
-class _LinearData:
-    """Training arrays of the linear backend and the constants derived from them."""
+class _TrainData:
+    """Training split (features, 0/1 target, weights, group index), the
+    standardisation constants, and quantities derived from them."""
 
     X: NDArray[np.float64]
     y: NDArray[np.float64]
@@ -818,7 +793,7 @@ class _LinearData:
 
 def linear_objective(
     theta: NDArray[np.float64],
-    data: _LinearData,
+    data: _TrainData,
     lam: float,
     tail: float,
     alpha: float,

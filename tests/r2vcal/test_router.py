@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import warnings
@@ -19,7 +20,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from r2vcal import CVaRBrierRouter, NoGroupsWarning
 from r2vcal._objective import exact_cvar
 from r2vcal._torch_mlp import group_batches
-from r2vcal.router import _LinearData, linear_objective
+from r2vcal.router import _TrainData, linear_objective
 
 
 def make_seeded_problem(n: int, seed: int, n_groups: int = 10, n_hard: int = 2):
@@ -56,7 +57,7 @@ def test_linear_gradient_matches_finite_differences():
     gidx = np.unique(g, return_inverse=True)[1]
     w = np.random.default_rng(1).uniform(0.5, 2.0, size=len(y))
     mean, scale = X.mean(0), X.std(0)
-    data = _LinearData(X, y.astype(float), w, gidx, 10, mean, scale)
+    data = _TrainData(X, y.astype(float), w, gidx, 10, mean, scale)
     theta = np.random.default_rng(2).normal(size=5) * 0.5
 
     def f(t):
@@ -97,7 +98,7 @@ def test_objective_is_minimised_against_perturbations():
     gidx = np.unique(g, return_inverse=True)[1]
     mean = X.mean(0)
     scale = X.std(0)
-    data = _LinearData(X, y.astype(float), np.ones(len(y)), gidx, 10, mean, scale)
+    data = _TrainData(X, y.astype(float), np.ones(len(y)), gidx, 10, mean, scale)
     v = r.coef_[0] * scale
     theta = np.append(v, r.intercept_[0] + mean @ r.coef_[0])
     base = linear_objective(theta, data, 2.0, r.cvar_tail, r.alpha, None)[0]
@@ -238,7 +239,7 @@ def test_group_batches_contain_every_group():
     rng = np.random.default_rng(0)
     gidx = rng.integers(0, 7, size=10_000)
     order, bounds = group_batches(gidx, 7, 512, rng)
-    batches = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    batches = [order[a:b] for a, b in itertools.pairwise(bounds)]
     assert sum(len(b) for b in batches) == 10_000
     assert len(np.unique(np.concatenate(batches))) == 10_000
     for b in batches:
