@@ -21,8 +21,10 @@ from r2vcal.router import (
 )
 
 __all__ = [
+    "FEATURE_NAMES",
     "PAPER_HIDDEN_LAYER_SIZES",
     "CVaRBrierRouter",
+    "CandidateFeaturizer",
     "EntropyRouter",
     "NoGroupsWarning",
     "OracleRouter",
