@@ -1,0 +1,440 @@
+"""Behavioral cloning of teacher trajectories with TRL's ``SFTTrainer``.
+
+Usage::
+
+    python -m pipelines.bc --trajectories runs/tw_train.jsonl --output-dir runs/bc
+
+The SLM is trained on the teacher's steps of :mod:`pipelines.collect` records
+(``r2vcal.trajectory/v1``), in TRL's *prompt-completion* format: the loss is
+only on the completion (the action, followed by the EOS token TRL appends).
+
+Prompt template (:func:`format_prompt`), shared by every later step
+(:mod:`pipelines.verifier`, :mod:`pipelines.rollout`, :mod:`pipelines.dpo`) so
+that the SLM is always queried as it was trained::
+
+    <initial observation: goal + first room, at most ``max_goal_chars``>
+    > <action t-h>
+    <observation t-h, at most ``max_obs_chars``>
+    ...
+    > <action t-1>
+    <observation t-1>
+    Action:
+
+and the completion is ``" <action t>"``. Only the last ``history`` turns are
+kept (``h = history``). Runs of spaces and blank lines are collapsed
+(TextWorld pads its status bar with spaces). The goal comes from the
+(possibly perturbed) first observation, so the SLM sees what the environment
+showed, never the true state.
+
+When ``model`` is ``None`` a tiny Llama is built from a config with a BPE
+tokenizer trained on the prompts and actions
+(:func:`pipelines.models.build_tiny_causal_lm`); otherwise ``model`` is any
+Hugging Face model id or local directory (e.g. a GPU run of a real SLM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ACTION_CUE",
+    "BCConfig",
+    "build_examples",
+    "clean_text",
+    "format_prompt",
+    "main",
+    "make_parser",
+    "read_trajectories",
+]
+
+#: The line that ends every prompt; the completion starts after it.
+ACTION_CUE = "Action:"
+_SPACES = re.compile(r"[ \t]+")
+_BLANKS = re.compile(r"\n\s*\n+")
+
+
+def clean_text(text: str, max_chars: int | None = None) -> str:
+    """Collapse runs of spaces and blank lines; cut to ``max_chars``.
+
+    Parameters
+    ----------
+    text : str
+    max_chars : int, optional
+        Keep at most this many characters (from the start).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> clean_text("You open it.\\n\\n\\n>      -= Bedroom =-")
+    'You open it.\\n> -= Bedroom =-'
+    """
+    out = _BLANKS.sub("\n", _SPACES.sub(" ", str(text))).strip()
+    out = "\n".join(line.strip() for line in out.split("\n"))
+    if max_chars is not None and len(out) > max_chars:
+        out = out[:max_chars]
+    return out
+
+
+def format_prompt(
+    initial_observation: str,
+    history: Sequence[tuple[str, str]] = (),
+    *,
+    n_turns: int = 2,
+    max_goal_chars: int = 700,
+    max_obs_chars: int = 200,
+) -> str:
+    """The SLM prompt at a step (template in the module docstring).
+
+    Parameters
+    ----------
+    initial_observation : str
+        What ``reset`` returned (goal and first room).
+    history : sequence of (action, observation)
+        The turns so far, oldest first.
+    n_turns : int, default=2
+        How many of the last turns to show.
+    max_goal_chars, max_obs_chars : int
+        Character budgets of the first observation and of each later one.
+
+    Returns
+    -------
+    str
+        Ends with :data:`ACTION_CUE`; the action follows after a space.
+
+    Examples
+    --------
+    >>> print(format_prompt("Find the key.", [("look", "A room.")]))
+    Find the key.
+    > look
+    A room.
+    Action:
+    """
+    if n_turns < 0:
+        raise ValueError(f"n_turns must be >= 0; got {n_turns!r}.")
+    parts = [clean_text(initial_observation, max_goal_chars)]
+    shown = list(history)[-n_turns:] if n_turns else []
+    for action, obs in shown:
+        parts.append(f"> {clean_text(action)}")
+        parts.append(clean_text(obs, max_obs_chars))
+    parts.append(ACTION_CUE)
+    return "\n".join(p for p in parts if p)
+
+
+def read_trajectories(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Load :mod:`pipelines.collect` records from one or more JSONL files.
+
+    Parameters
+    ----------
+    paths : path or iterable of paths
+
+    Returns
+    -------
+    list of dict
+    """
+    from pipelines.collect import load_records
+
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    records: list[dict[str, Any]] = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(
+                f"trajectories file {str(p)!r} does not exist; create it with "
+                "`python -m pipelines.collect --out ...`."
+            )
+        records += load_records(p)
+    if not records:
+        raise ValueError(f"no trajectory records found in {list(map(str, paths))}.")
+    return records
+
+
+def build_examples(
+    records: Iterable[dict[str, Any]],
+    *,
+    only_successful: bool = True,
+    n_turns: int = 2,
+    max_goal_chars: int = 700,
+    max_obs_chars: int = 200,
+) -> list[dict[str, Any]]:
+    """Prompt-completion examples, one per teacher step.
+
+    Parameters
+    ----------
+    records : iterable of dict
+        Trajectory records (``r2vcal.trajectory/v1``).
+    only_successful : bool, default=True
+        Skip episodes the teacher did not win.
+    n_turns, max_goal_chars, max_obs_chars
+        See :func:`format_prompt`.
+
+    Returns
+    -------
+    list of dict
+        Keys ``prompt``, ``completion`` (``" " + action``), ``task``,
+        ``seed``, ``t`` (1-based step), ``action``.
+    """
+    out = []
+    for rec in records:
+        if only_successful and not rec.get("success", False):
+            continue
+        history: list[tuple[str, str]] = []
+        for s in rec["steps"]:
+            prompt = format_prompt(
+                rec["initial_observation"],
+                history,
+                n_turns=n_turns,
+                max_goal_chars=max_goal_chars,
+                max_obs_chars=max_obs_chars,
+            )
+            out.append(
+                {
+                    "prompt": prompt,
+                    "completion": " " + s["action"].strip(),
+                    "task": rec["task"],
+                    "seed": int(rec["seed"]),
+                    "t": int(s["t"]),
+                    "action": s["action"].strip(),
+                }
+            )
+            history.append((s["action"], s["observation"]))
+    return out
+
+
+@dataclass
+class BCConfig:
+    """Configuration of behavioral cloning.
+
+    Parameters
+    ----------
+    trajectories : list of str
+        JSONL files written by :mod:`pipelines.collect`.
+    output_dir : str
+        Where the model and tokenizer are saved (``save_pretrained``).
+    model : str or None
+        Hugging Face id / directory to fine-tune; ``None`` builds a tiny Llama.
+    vocab_size, hidden_size, n_layers, n_heads, max_position_embeddings : int
+        Tiny-model dimensions (used when ``model`` is None).
+    only_successful : bool
+        Clone only won teacher episodes.
+    n_turns, max_goal_chars, max_obs_chars : int
+        Prompt template budgets (:func:`format_prompt`).
+    max_steps : int
+        Optimizer steps.
+    batch_size : int
+        Per-device train batch size.
+    learning_rate : float
+    warmup_ratio : float
+    seed : int
+    max_length : int
+        Token limit of prompt + completion (TRL ``max_length``).
+    logging_steps : int
+    """
+
+    trajectories: list[str] = field(default_factory=list)
+    output_dir: str = "runs/bc"
+    model: str | None = None
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    max_position_embeddings: int = 1024
+    only_successful: bool = True
+    n_turns: int = 2
+    max_goal_chars: int = 700
+    max_obs_chars: int = 200
+    max_steps: int = 300
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    warmup_ratio: float = 0.05
+    seed: int = 0
+    max_length: int = 1024
+    logging_steps: int = 25
+
+
+def _sft_args(cfg: BCConfig, **extra: Any) -> Any:
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=cfg.output_dir,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(0, int(cfg.warmup_ratio * cfg.max_steps)),
+        seed=cfg.seed,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=cfg.logging_steps,
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        **extra,
+    )
+
+
+def main(cfg: BCConfig) -> dict[str, Any]:
+    """Train the SLM by behavioral cloning and save it to ``cfg.output_dir``.
+
+    Parameters
+    ----------
+    cfg : BCConfig
+
+    Returns
+    -------
+    dict
+        ``n_examples``, ``n_parameters``, ``train_loss`` (mean over training),
+        ``final_loss`` (last logged), ``completion_nll`` (mean per-token NLL of
+        the completions after training), ``seconds``, ``output_dir``.
+    """
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from pipelines.models import build_tiny_causal_lm
+
+    if not cfg.trajectories:
+        raise ValueError("BCConfig.trajectories must list at least one JSONL file.")
+    if cfg.max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1; got {cfg.max_steps!r}.")
+    start = time.perf_counter()
+    records = read_trajectories(cfg.trajectories)
+    examples = build_examples(
+        records,
+        only_successful=cfg.only_successful,
+        n_turns=cfg.n_turns,
+        max_goal_chars=cfg.max_goal_chars,
+        max_obs_chars=cfg.max_obs_chars,
+    )
+    if not examples:
+        raise ValueError(
+            "no training examples: every teacher episode failed; set "
+            "only_successful=False or collect with fewer perturbations."
+        )
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.model is None:
+        corpus = [e["prompt"] + e["completion"] for e in examples]
+        model, tok = build_tiny_causal_lm(
+            corpus,
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.hidden_size,
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            max_position_embeddings=cfg.max_position_embeddings,
+            seed=cfg.seed,
+        )
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(cfg.model)
+        model = AutoModelForCausalLM.from_pretrained(cfg.model)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    model.train()
+    ds = Dataset.from_list(
+        [{"prompt": e["prompt"], "completion": e["completion"]} for e in examples]
+    )
+    trainer = SFTTrainer(
+        model=model, args=_sft_args(cfg), train_dataset=ds, processing_class=tok
+    )
+    result = trainer.train()
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    model = trainer.model.eval()
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    nll = completion_nll(model, tok, examples[: min(len(examples), 64)])
+    summary = {
+        "n_examples": len(examples),
+        "n_episodes": len(records),
+        "n_parameters": int(sum(p.numel() for p in model.parameters())),
+        "train_loss": float(result.training_loss),
+        "final_loss": float(logged[-1]) if logged else float("nan"),
+        "completion_nll": nll,
+        "seconds": round(time.perf_counter() - start, 2),
+        "output_dir": str(out_dir),
+        "config": asdict(cfg),
+    }
+    (out_dir / "bc_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def completion_nll(model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> float:
+    """Mean per-token negative log-likelihood of the completions (+ EOS).
+
+    Parameters
+    ----------
+    model : transformers causal LM
+    tokenizer : transformers tokenizer
+    examples : list of dict
+        With ``prompt`` and ``completion``.
+
+    Returns
+    -------
+    float
+    """
+    import torch
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for e in examples:
+            p = tokenizer(e["prompt"], add_special_tokens=False)["input_ids"]
+            c = tokenizer(e["completion"], add_special_tokens=False)["input_ids"]
+            c = [*c, tokenizer.eos_token_id]
+            ids = torch.tensor([p + c])
+            logp = torch.log_softmax(model(ids).logits.float()[0, :-1], -1)
+            tgt = ids[0, 1:]
+            lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)[len(p) - 1 :]
+            total -= float(lp.sum())
+            count += len(c)
+    return total / max(count, 1)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """Command-line parser mirroring :class:`BCConfig`."""
+    p = argparse.ArgumentParser(description="Behavioral cloning with TRL SFTTrainer.")
+    p.add_argument("--trajectories", nargs="+", required=True)
+    p.add_argument("--output-dir", default="runs/bc")
+    p.add_argument("--model", default=None)
+    for name in (
+        "vocab_size",
+        "hidden_size",
+        "n_layers",
+        "n_heads",
+        "max_position_embeddings",
+        "n_turns",
+        "max_goal_chars",
+        "max_obs_chars",
+        "max_steps",
+        "batch_size",
+        "seed",
+        "max_length",
+        "logging_steps",
+    ):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+    p.add_argument("--learning-rate", type=float, default=None)
+    p.add_argument("--warmup-ratio", type=float, default=None)
+    p.add_argument("--all-episodes", dest="only_successful", action="store_false")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, cls: type) -> Any:
+    """Build a config dataclass from parsed args, skipping unset (``None``) ones."""
+    return cls(**{k: v for k, v in vars(args).items() if v is not None})
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(config_from_args(make_parser().parse_args(), BCConfig))))
