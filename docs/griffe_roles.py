@@ -81,7 +81,9 @@ def _resolve(loader: griffe.GriffeLoader, obj: Any, target: str) -> str | None:
 class SphinxRolesToMarkdown(griffe.Extension):
     """Rewrite ``:role:`target``` in every docstring of the loaded package."""
 
-    def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
+    def on_package(
+        self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any
+    ) -> None:
         self._walk(pkg, loader, set())
 
     def _walk(self, obj: Any, loader: griffe.GriffeLoader, seen: set[str]) -> None:

@@ -121,7 +121,9 @@ def on_config(config: Any, **kwargs: Any) -> Any:
     _state["modules"] = mods
     api = [{"Overview": "api/index.md"}]
     for pkg in PACKAGES:
-        api.append({pkg: [{m: api_page_path(m)} for m in mods if m.split(".")[0] == pkg]})
+        api.append(
+            {pkg: [{m: api_page_path(m)} for m in mods if m.split(".")[0] == pkg]}
+        )
     nav = config.nav or []
     for i, item in enumerate(nav):
         if isinstance(item, dict) and "API reference" in item:
@@ -137,7 +139,9 @@ def on_config(config: Any, **kwargs: Any) -> Any:
 def _run_example(path: Path, out: Path) -> tuple[Path, int, str, str, float]:
     env = dict(os.environ)
     env.update(MPLBACKEND="Agg", R2VCAL_FIGURES=str(out), PYTHONHASHSEED="0")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), env.get("PYTHONPATH")])
+    )
     timeout = float(os.environ.get("R2VCAL_DOCS_EXAMPLE_TIMEOUT", "300"))
     t0 = time.perf_counter()
     try:
@@ -186,7 +190,9 @@ def on_files(files: Files, config: Any, **kwargs: Any) -> Files:
     fig_dir, outputs = run_examples()
     _state["outputs"] = outputs
     for png in sorted(fig_dir.glob("*.png")):
-        files.append(File.generated(config, f"figures/{png.name}", abs_src_path=str(png)))
+        files.append(
+            File.generated(config, f"figures/{png.name}", abs_src_path=str(png))
+        )
     return files
 
 
