@@ -13,6 +13,7 @@ from r2vcal.baselines import (
     VerifierRouter,
     compare_routers,
 )
+from r2vcal.features import FEATURE_NAMES, CandidateFeaturizer
 from r2vcal.persist import load_router, save_router
 from r2vcal.router import (
     PAPER_HIDDEN_LAYER_SIZES,
