@@ -103,17 +103,19 @@ def _split_mask(
 ) -> NDArray[np.bool_]:
     """Rows assigned to the held-out calibration split.
 
-    The assignment is a keyed hash (splitmix64 over the bits of each row's
-    features and label), not a random permutation: a row lands on the same side
+    The assignment is a keyed hash of the bits of each row's features and label
+    (a mod-2^64 dot product with odd multipliers, splitmix64 finaliser), not a
+    random permutation: a row lands on the same side
     whatever else is in the data set. So fitting with integer sample weights is
     exactly fitting on repeated rows, and dropping a row does not reshuffle the
     others.
     """
     bits = np.ascontiguousarray(X, dtype=np.float64).view(np.uint64)
-    h = _splitmix64(np.full(X.shape[0], seed, dtype=np.uint64))
-    for j in range(bits.shape[1]):
-        h = _splitmix64(h ^ bits[:, j])
-    h = _splitmix64(h ^ np.ascontiguousarray(y, dtype=np.float64).view(np.uint64))
+    label = np.ascontiguousarray(y, dtype=np.float64).view(np.uint64)
+    # a random odd multiplier per column (mod 2^64 dot product), then splitmix64
+    mult = _splitmix64(np.arange(bits.shape[1] + 1, dtype=np.uint64)) | np.uint64(1)
+    h = bits @ mult[1:] if bits.shape[1] else np.zeros(X.shape[0], dtype=np.uint64)
+    h = _splitmix64(h ^ _splitmix64(label ^ np.uint64(seed)) * mult[0])
     return (h >> np.uint64(11)) < np.uint64(round(fraction * 2.0**53))
 
 
