@@ -44,6 +44,8 @@ docs: $(DOCS_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_router.py
+	$(BIN)/python bench/bench_features.py
+	$(BIN)/python bench/bench_metrics.py
 
 # vLLM on CPU in its own venv (DESIGN §6); not part of `make test`. Slow (~minutes).
 VLLM_VENV := .venv-vllm
