@@ -564,8 +564,7 @@ def _token_reduce(
     for s in range(0, n, _CHUNK):
         e = min(s + _CHUNK, n)
         mask = tri[lengths[s:e]] if tri is not None else None
-        chunk = _zero_pad(lp[s:e], mask)
-        csum = np.einsum("nkt->nk", chunk)
+        chunk, csum = _masked_sum(lp[s:e], mask)
         if not np.isfinite(csum).all() or float(chunk.max()) > _LOGPROB_TOL:
             _raise_bad_tokens(
                 chunk,
@@ -576,8 +575,7 @@ def _token_reduce(
             )
         lp_sum[s:e] = csum
         if ent is not None and ent_sum is not None and ent_max is not None:
-            echunk = _zero_pad(ent[s:e], mask)
-            esum = np.einsum("nkt->nk", echunk)
+            echunk, esum = _masked_sum(ent[s:e], mask)
             if not np.isfinite(esum).all() or float(echunk.min()) < -_LOGPROB_TOL:
                 _raise_bad_tokens(
                     echunk,
@@ -594,13 +592,23 @@ def _token_reduce(
     return lp_sum, ent_sum, ent_max
 
 
-def _zero_pad(arr: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Zero the padding (cheap multiply when every value is finite)."""
+def _masked_sum(
+    arr: np.ndarray, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Zero the padding and sum over tokens: ``(masked array, sums (n, K))``.
+
+    A multiply by the mask is the fast path; when a sum comes out non-finite
+    (NaN/inf hiding in the padding turns into NaN) the padding is zeroed with
+    ``np.where`` instead, so only values within each candidate's length count.
+    """
     if mask is None:
-        return arr
-    if np.isfinite(arr).all():
-        return arr * mask
-    return np.where(mask, arr, 0.0).astype(arr.dtype, copy=False)
+        return arr, np.einsum("nkt->nk", arr)
+    out = arr * mask
+    sums = np.einsum("nkt->nk", out)
+    if not np.isfinite(sums).all():
+        out = np.where(mask, arr, 0.0).astype(arr.dtype, copy=False)
+        sums = np.einsum("nkt->nk", out)
+    return out, sums
 
 
 def _raise_bad_tokens(
