@@ -44,7 +44,6 @@ import numpy as np
 from pipelines.bc import build_examples, config_from_args, read_trajectories
 
 __all__ = [
-    "ConsistencyDPOTrainer",  # noqa: F822 (built lazily by __getattr__)
     "DPOConfigR2V",
     "build_consistency_pairs",
     "build_preference_pairs",
@@ -281,7 +280,9 @@ def _make_trainer_class() -> type:
 
 def __getattr__(name: str) -> Any:
     # ConsistencyDPOTrainer subclasses a TRL class: build it on first access so
-    # that importing this module does not import TRL.
+    # that importing this module does not import TRL. It stays out of __all__
+    # (static API docs cannot see a class built at run time); it is documented
+    # in the module docstring and reached as ``pipelines.dpo.ConsistencyDPOTrainer``.
     if name == "ConsistencyDPOTrainer":
         return _make_trainer_class()
     raise AttributeError(name)
