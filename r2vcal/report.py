@@ -123,8 +123,9 @@ def write_report(
     llm = np.ones_like(y01) if llm_success is None else np.asarray(llm_success)
     probs = {name: _positive_proba(r, X) for name, r in routers.items()}
 
+    # probabilities computed once above serve both the table and the plots
     table = compare_routers(
-        routers,
+        probs,
         X,
         y01,
         groups=groups,
@@ -136,6 +137,9 @@ def write_report(
         reference=reference,
         n_resamples=n_resamples,
         random_state=random_state,
+    )
+    table["deployable"] = table["router"].map(
+        lambda n: bool(getattr(type(routers[n]), "deployable", True))
     )
     table.to_csv(outdir / "comparison.csv", index=False)
 
