@@ -13,6 +13,7 @@ from r2vcal.baselines import (
     VerifierRouter,
     compare_routers,
 )
+from r2vcal.cascade import StepCascade
 from r2vcal.features import FEATURE_NAMES, CandidateFeaturizer
 from r2vcal.persist import load_router, save_router
 from r2vcal.router import (
@@ -30,6 +31,7 @@ __all__ = [
     "NoGroupsWarning",
     "OracleRouter",
     "RandomRouter",
+    "StepCascade",
     "VerifierRouter",
     "__version__",
     "compare_routers",
