@@ -656,7 +656,9 @@ class StepCascade:
         Parameters
         ----------
         decision : Decision
-            Returned by :meth:`decide` with ``escalated=True``.
+            Returned by :meth:`decide`. A decision that was not escalated is
+            only logged (``action`` and ``error`` are ignored), so an async
+            caller can pass every decision through here.
         action : str or None
             The teacher's action; None when the call failed.
         error : str, default=None
@@ -668,6 +670,9 @@ class StepCascade:
         Decision
             The same object, updated.
         """
+        if not decision.escalated:
+            self._append_log(decision)
+            return decision
         if action is None:
             decision.actor = "slm"
             decision.fallback = error or "teacher call failed"

@@ -5,12 +5,15 @@
     r2vcal fit TABLE --target COL --groups COL [--features ...] --out DIR
     r2vcal report ROUTER TABLE --target COL [--groups COL] --out DIR
     r2vcal demo [--out DIR]
+    r2vcal serve --router DIR --slm-base-url URL --slm-model NAME \
+                 --llm-base-url URL --llm-model NAME [--budget N] [--port 8000]
 
 ``fit`` reads a Parquet or CSV table, holds out a share of the rows, fits
 :class:`~r2vcal.CVaRBrierRouter` and the baselines on the rest, saves the router
 (``DIR/router``, pickle-free) and writes a report on the held-out rows
 (``DIR/report``). ``report`` evaluates a saved router on a table. ``demo`` runs
-``fit`` on the shipped MMLU-Pro cascade table. Bad paths or columns print one
+``fit`` on the shipped MMLU-Pro cascade table. ``serve`` runs the OpenAI-compatible
+proxy of :mod:`r2vcal.serve` (extra ``serve``). Bad paths or columns print one
 line and exit with status 2.
 """
 
@@ -43,9 +46,13 @@ def _read_table(path: str) -> pd.DataFrame:
             return pd.read_parquet(p)
         if suffix in (".csv", ".gz", ".tsv"):
             return pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",")
+        if suffix == ".jsonl":  # e.g. the decision log of `r2vcal serve`
+            return pd.read_json(p, lines=True)
     except Exception as exc:  # pyarrow/pandas raise many types for bad files
         raise CLIError(f"could not read {path}: {exc}") from None
-    raise CLIError(f"{path}: expected a .parquet or .csv file, got {suffix or 'none'}")
+    raise CLIError(
+        f"{path}: expected a .parquet, .csv or .jsonl file, got {suffix or 'none'}"
+    )
 
 
 def _columns(
@@ -303,6 +310,64 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(a: argparse.Namespace) -> int:
+    import os
+
+    from r2vcal import load_router
+    from r2vcal.cascade import PacedBudget
+
+    try:
+        from r2vcal.serve import Upstream, create_app, run_server
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise CLIError(str(exc)) from None
+    if not Path(a.router).is_dir():
+        raise CLIError(f"router folder not found: {a.router} (written by `r2vcal fit`)")
+    router = load_router(a.router)
+    retry = {"timeout": a.timeout, "max_retries": a.retries, "backoff": a.backoff}
+    slm = Upstream(
+        a.slm_base_url,
+        a.slm_model,
+        api_key=a.slm_api_key or os.environ.get("R2VCAL_SLM_API_KEY"),
+        **retry,
+    )
+    llm = Upstream(
+        a.llm_base_url,
+        a.llm_model,
+        api_key=a.llm_api_key or os.environ.get("R2VCAL_LLM_API_KEY"),
+        **retry,
+    )
+    budget: Any = a.budget
+    if a.paced and a.budget is None:
+        raise CLIError("--paced needs --budget N")
+    if a.paced:
+        budget = PacedBudget(a.budget)
+    try:
+        app = create_app(
+            router,
+            slm=slm,
+            llm=llm,
+            verifier=a.verifier,
+            k=a.k,
+            threshold=a.threshold,
+            budget=budget,
+            horizon=a.horizon,
+            top_logprobs=a.top_logprobs,
+            log_path=a.log,
+            served_model_name=a.served_model_name,
+            max_connections=a.max_connections,
+        )
+    except TypeError as exc:
+        raise CLIError(str(exc)) from None
+    print(
+        f"r2vcal serve: http://{a.host}:{a.port}/v1 -> SLM {a.slm_model} "
+        f"({a.slm_base_url}), LLM {a.llm_model} ({a.llm_base_url}), k={a.k}, "
+        f"threshold {app.state.cascade.threshold:.3f}, budget {a.budget}",
+        file=sys.stderr,
+    )
+    run_server(app, host=a.host, port=a.port, log_level=a.log_level)
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The ``r2vcal`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -334,6 +399,38 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     _add_router_args(p)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "serve", help="OpenAI-compatible proxy with step-level escalation"
+    )
+    p.add_argument("--router", required=True, help="folder written by `r2vcal fit`")
+    p.add_argument("--slm-base-url", required=True, help="e.g. http://host:8001/v1")
+    p.add_argument("--slm-model", required=True)
+    p.add_argument("--llm-base-url", required=True)
+    p.add_argument("--llm-model", required=True)
+    p.add_argument("--slm-api-key", help="default: $R2VCAL_SLM_API_KEY")
+    p.add_argument("--llm-api-key", help="default: $R2VCAL_LLM_API_KEY")
+    p.add_argument("--verifier", help="verifier URL or module:callable (default: none)")
+    p.add_argument("--k", type=int, default=5, help="SLM candidates per step")
+    p.add_argument("--threshold", type=float, help="default: the router's threshold_")
+    p.add_argument("--budget", type=int, help="LLM calls per conversation")
+    p.add_argument("--paced", action="store_true", help="pace the budget (PacedBudget)")
+    p.add_argument("--horizon", type=int, default=50, help="steps per conversation")
+    p.add_argument("--top-logprobs", type=int, default=5)
+    p.add_argument("--log", help="decision log (.jsonl or .parquet)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt")
+    p.add_argument("--retries", type=int, default=2)
+    p.add_argument("--backoff", type=float, default=0.25)
+    p.add_argument("--max-connections", type=int, default=64)
+    p.add_argument("--served-model-name", default="r2vcal")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+    )
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 

@@ -154,3 +154,61 @@ def test_bad_input_is_one_line_and_exit_2(table, tmp_path, capsys, args, message
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+
+
+def test_fit_reads_a_jsonl_decision_log(table, tmp_path):
+    log = tmp_path / "decisions.jsonl"
+    pd.read_parquet(table).to_json(log, orient="records", lines=True)
+    argv = ["fit", str(log), "--target", "y_counterfactual", "--groups", "seed"]
+    assert main([*argv, "--n-resamples", "10", "--out", str(tmp_path / "f")]) == 0
+    assert (tmp_path / "f" / "router" / "router.json").is_file()
+
+
+_SERVE = ["--slm-model", "s", "--llm-model", "l"]
+
+
+@pytest.fixture(scope="module")
+def saved_router(tmp_path_factory):
+    from r2vcal import CVaRBrierRouter, save_router
+    from r2vcal.features import FEATURE_NAMES
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(size=(200, len(FEATURE_NAMES))), columns=FEATURE_NAMES)
+    router = CVaRBrierRouter(calibration=None, random_state=0)
+    router.fit(X, X["entropy_mean"] > 0)
+    return save_router(router, tmp_path_factory.mktemp("serve") / "router")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--router", "{out}/none", "--slm-base-url", "http://a/v1"],
+            "router folder not found",
+        ),
+        (["--router", "{router}", "--slm-base-url", "a:8000"], "'base_url' parameter"),
+        (
+            ["--router", "{router}", "--slm-base-url", "http://a/v1", "--k", "0"],
+            "'k' parameter",
+        ),
+        (
+            ["--router", "{router}", "--slm-base-url", "http://a/v1", "--paced"],
+            "--paced needs --budget",
+        ),
+        (
+            ["--router", "{router}", "--slm-base-url", "http://a/v1", "--log", "x.txt"],
+            ".jsonl or .parquet",
+        ),
+    ],
+)
+def test_serve_bad_input_is_one_line_and_exit_2(table, tmp_path, capsys, args, message):
+    pytest.importorskip("fastapi")
+    router = tmp_path / "fit" / "router"
+    if not router.exists():
+        argv = ["fit", str(table), "--target", "y_counterfactual", "--groups", "seed"]
+        main([*argv, "--n-resamples", "10", "--out", str(tmp_path / "fit")])
+    capsys.readouterr()
+    argv = [a.format(out=tmp_path, router=router) for a in args]
+    assert main(["serve", *argv, *_SERVE, "--llm-base-url", "http://b/v1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]

@@ -1,0 +1,336 @@
+"""A small OpenAI-compatible server over a transformers causal LM.
+
+For tests, demos and benchmarks of ``r2vcal serve`` without a GPU or vLLM:
+``POST /v1/chat/completions`` with ``n``, ``logprobs``, ``top_logprobs``,
+``max_tokens`` (or ``max_completion_tokens``), ``temperature``, ``top_p``,
+``seed``, ``stop`` and ``stream``; ``GET /v1/models`` and ``GET /health``.
+Log-probabilities are the model's own (log-softmax of the raw logits, before
+temperature). Generation runs one request at a time.
+
+The prompt is the tokenizer's chat template when it has one, else one
+``role: content`` line per message followed by ``assistant:``. Tool definitions
+and tool messages are accepted (tool messages are rendered like others); the
+server never emits tool calls.
+
+Usage::
+
+    python -m pipelines.openai_server --model DIR --port 8001 [--served-model-name NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["OpenAIServerConfig", "create_app", "main", "make_parser"]
+
+
+@dataclass
+class OpenAIServerConfig:
+    """Options of ``python -m pipelines.openai_server``.
+
+    Parameters
+    ----------
+    model : str
+        A model directory (``save_pretrained``) or id.
+    host : str, default="127.0.0.1"
+    port : int, default=8000
+    served_model_name : str, default=None
+        The model id in answers and ``/v1/models``; None uses ``model``.
+    max_tokens : int, default=16
+        Tokens generated when a request does not say.
+    seed : int, default=0
+        Sampling seed when a request does not give one.
+    """
+
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_name: str | None = None
+    max_tokens: int = 16
+    seed: int = 0
+
+
+def _render_prompt(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> str:
+    def text(content: Any) -> str:
+        if isinstance(content, list):
+            return " ".join(
+                str(p.get("text", "")) for p in content if isinstance(p, dict)
+            )
+        return "" if content is None else str(content)
+
+    if getattr(tokenizer, "chat_template", None):
+        msgs = [
+            {"role": m["role"], "content": text(m.get("content"))} for m in messages
+        ]
+        return str(
+            tokenizer.apply_chat_template(
+                msgs, tokenize=False, add_generation_prompt=True
+            )
+        )
+    lines = [f"{m.get('role')}: {text(m.get('content'))}" for m in messages]
+    return "\n".join(lines) + "\nassistant:"
+
+
+class _Generator:
+    def __init__(self, model: Any, tokenizer: Any, max_tokens: int, seed: int) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.lock = threading.Lock()
+
+    def __call__(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        """Choices (text, finish reason, token records) and the prompt length."""
+        import torch
+
+        tok = self.tokenizer
+        n = int(body.get("n") or 1)
+        max_new = int(
+            body.get("max_completion_tokens")
+            or body.get("max_tokens")
+            or self.max_tokens
+        )
+        temperature = float(
+            1.0 if body.get("temperature") is None else body["temperature"]
+        )
+        top_p = float(body.get("top_p") or 1.0)
+        n_top = int(body.get("top_logprobs") or 0)
+        stop = body.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else list(stop)
+        seed = int(body["seed"]) if body.get("seed") is not None else self.seed
+        ids = tok(_render_prompt(tok, body["messages"]), return_tensors="pt")[
+            "input_ids"
+        ]
+        ids = ids[:, -(self.model.config.max_position_embeddings - max_new) :]
+        kw: dict[str, Any] = {
+            "max_new_tokens": max_new,
+            "num_return_sequences": n,
+            "output_logits": True,
+            "return_dict_in_generate": True,
+            "pad_token_id": tok.pad_token_id
+            if tok.pad_token_id is not None
+            else tok.eos_token_id,
+        }
+        if temperature > 0:
+            kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        else:
+            kw.update(do_sample=False)
+        with self.lock, torch.no_grad():
+            torch.manual_seed(seed)
+            out = self.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), **kw
+            )
+        seqs = out.sequences[:, ids.shape[1] :]
+        logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
+        top_v, top_i = logp.topk(max(n_top, 1), dim=-1)
+        eos = tok.eos_token_id
+        choices = []
+        for c in range(n):
+            row = seqs[c].tolist()
+            finish = "length"
+            tokens: list[dict[str, Any]] = []
+            text = ""
+            for j, tid in enumerate(row[: logp.shape[1]]):
+                if tid == eos:
+                    finish = "stop"
+                    break
+                piece = tok.decode([tid])
+                record: dict[str, Any] = {
+                    "token": piece,
+                    "logprob": float(logp[c, j, tid]),
+                    "bytes": list(piece.encode()),
+                    "top_logprobs": [],
+                }
+                if n_top:
+                    for v, i in zip(top_v[c, j].tolist(), top_i[c, j].tolist()):
+                        alt = tok.decode([i])
+                        record["top_logprobs"].append(
+                            {"token": alt, "logprob": v, "bytes": list(alt.encode())}
+                        )
+                tokens.append(record)
+                text += piece
+                hit = next((s for s in stop if s and s in text), None)
+                if hit is not None:
+                    text = text[: text.index(hit)]
+                    finish = "stop"
+                    break
+            choices.append({"text": text, "finish_reason": finish, "tokens": tokens})
+        return choices, int(ids.shape[1])
+
+
+def create_app(
+    model: Any,
+    tokenizer: Any = None,
+    *,
+    served_model_name: str = "tiny",
+    max_tokens: int = 16,
+    seed: int = 0,
+) -> Any:
+    """The server as a FastAPI app.
+
+    Parameters
+    ----------
+    model : str or transformers.PreTrainedModel
+        A directory / id, or a loaded causal LM.
+    tokenizer : transformers tokenizer, default=None
+        Required with a model object; loaded from ``model`` otherwise.
+    served_model_name : str, default="tiny"
+    max_tokens : int, default=16
+    seed : int, default=0
+
+    Returns
+    -------
+    fastapi.FastAPI
+    """
+    import json
+
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    if isinstance(model, str):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+        model = AutoModelForCausalLM.from_pretrained(model)
+    if tokenizer is None:
+        raise ValueError("tokenizer is required when 'model' is a model object.")
+    gen = _Generator(model, tokenizer, max_tokens, seed)
+    app = FastAPI(title="tiny OpenAI-compatible server")
+
+    def error(message: str, param: str | None = None) -> Any:
+        body = {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": param,
+                "code": None,
+            }
+        }
+        return JSONResponse(body, status_code=400)
+
+    async def chat(request: Any) -> Any:
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return error("The request body is not valid JSON.")
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return error("'messages' must be a list.", "messages")
+        n = 1 if body.get("n") is None else body["n"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
+            return error("'n' must be an int in [1, 64].", "n")
+        choices, n_prompt = await run_in_threadpool(gen, body)
+        want_lp = bool(body.get("logprobs"))
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        name = served_model_name
+        usage = {
+            "prompt_tokens": n_prompt,
+            "completion_tokens": sum(len(c["tokens"]) for c in choices),
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if body.get("stream"):
+
+            def events() -> Any:
+                base = {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                }
+                for i, c in enumerate(choices):
+                    first = {"index": i, "delta": {"role": "assistant", "content": ""}}
+                    yield {**base, "model": name, "choices": [first]}
+                    for t in c["tokens"]:
+                        d: dict[str, Any] = {
+                            "index": i,
+                            "delta": {"content": t["token"]},
+                        }
+                        if want_lp:
+                            d["logprobs"] = {"content": [t]}
+                        yield {**base, "model": name, "choices": [d]}
+                    last = {
+                        "index": i,
+                        "delta": {},
+                        "finish_reason": c["finish_reason"],
+                    }
+                    yield {**base, "model": name, "choices": [last]}
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    yield {**base, "model": name, "choices": [], "usage": usage}
+
+            def sse() -> Any:
+                for e in events():
+                    yield f"data: {json.dumps(e)}\n\n"
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(sse(), media_type="text/event-stream")
+        doc = {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": name,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": c["text"]},
+                    "logprobs": {"content": c["tokens"]} if want_lp else None,
+                    "finish_reason": c["finish_reason"],
+                }
+                for i, c in enumerate(choices)
+            ],
+            "usage": usage,
+        }
+        return JSONResponse(doc)
+
+    app.router.add_route("/v1/chat/completions", chat, methods=["POST"])
+
+    @app.get("/v1/models")
+    async def models() -> Any:
+        card = {
+            "id": served_model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "r2vcal",
+        }
+        return {"object": "list", "data": [card]}
+
+    @app.get("/health")
+    async def health() -> Any:
+        return {"status": "ok"}
+
+    return app
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """Command-line options (:class:`OpenAIServerConfig`)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="model directory or id")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name", default=None)
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(cfg: OpenAIServerConfig) -> None:
+    """Load the model and serve it until interrupted."""
+    import uvicorn
+
+    app = create_app(
+        cfg.model,
+        served_model_name=cfg.served_model_name or cfg.model,
+        max_tokens=cfg.max_tokens,
+        seed=cfg.seed,
+    )
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(OpenAIServerConfig(**vars(make_parser().parse_args())))
