@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -109,6 +110,22 @@ def generate_game(
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return target
+
+
+_UNSAFE = re.compile(r"[^\x20-\x7e]|\\")
+
+
+def _command(action: str) -> str:
+    r"""A command the interpreter can take: printable ASCII, no backslash.
+
+    dumb-frotz reads ``\`` as the start of an escape sequence (and crashes the
+    process on some), and a newline would send two commands; a model's
+    free-form output may hold both.
+
+    >>> _command("take key\\x\nfrom  box ")
+    'take key x from box'
+    """
+    return " ".join(_UNSAFE.sub(" ", action).split())
 
 
 class TextWorldEnv:
@@ -255,7 +272,7 @@ class TextWorldEnv:
         if self._env is None or self._done:
             raise RuntimeError("call reset(task, seed) before step(action).")
         self._t += 1
-        state, _, done = self._env.step(action.strip())
+        state, _, done = self._env.step(_command(action))
         self._state = state
         won = bool(state.won)
         info = base_info(

@@ -1,0 +1,888 @@
+"""Closed-loop evaluation of routers, and retraining on mixed trajectories.
+
+Usage::
+
+    python -m pipelines.evaluate --run runs/demo --out runs/demo/evaluate
+
+Every arm plays complete episodes on held-out tasks under held-out
+perturbation seeds. At each step the frozen SLM samples ``k`` candidates, the
+verifier scores them, and a :class:`r2vcal.cascade.StepCascade` decides; an
+escalated step is **re-executed by the teacher** (the environment expert) and
+the episode goes on from the state that action produced. Success is what the
+environment says at the end — never assumed.
+
+Arms:
+
+* ``slm_only`` (budget 0) and ``teacher_only`` (threshold 0);
+* ``entropy``, ``verifier``: :class:`r2vcal.EntropyRouter` /
+  :class:`r2vcal.VerifierRouter`; ``random``: :class:`r2vcal.RandomRouter`;
+  ``cvar_brier``: :class:`r2vcal.CVaRBrierRouter`; ``brier_only``: the same
+  router with ``cvar_weight=0`` — each fitted on the router table (SLM-only
+  rollouts on other games) and run at the thresholds that escalate the target
+  shares ``rates`` of that table's steps (:func:`r2vcal.thresholds.budget_threshold`),
+  so arms meet at matched escalation rates;
+* ``oracle`` (not deployable): escalates exactly when the SLM's proposed action
+  leads to a state from which the SLM alone fails (found by replaying the
+  seeded episode and letting the SLM finish — hindsight).
+
+Reported per arm, with 95 % bootstrap CIs clustered by task: success, LLM-call
+share (escalated steps ÷ steps), cost per episode (``cost_slm`` per step plus
+``cost_llm`` per teacher call), per-seed success, the worst seed and the CVaR
+of per-seed failure. The headline: each router's LLM-call share at the
+teacher-only success (within ``success_tolerance``), as a ratio to the entropy
+router's.
+
+Mixed trajectories (DAgger-style, ``dagger_rounds``): a router trained on
+SLM-only rollouts is deployed on trajectories where some steps were the
+teacher's. Each round runs the current CVaR router in the loop on the router
+table's tasks under fresh seeds, labels every visited step counterfactually
+(the SLM's action then the SLM alone fails, while the teacher's action then the
+SLM alone succeeds), adds those rows and refits. Before/after ECE and
+worst-seed Brier are measured on mixed trajectories of the test arm (the
+original router in the loop on the test tasks), labelled the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["ClosedLoop", "EvaluateConfig", "main", "make_parser"]
+
+_DEFAULT_RATES = (0.05, 0.1, 0.2, 0.35, 0.5, 0.7)
+
+
+@dataclass
+class EvaluateConfig:
+    """Closed-loop evaluation settings.
+
+    Parameters
+    ----------
+    run : str
+        A :mod:`pipelines.run` output folder; its ``run_summary.json`` gives the
+        SLM, verifier, router table, environment and seeds (fields below left
+        at None are taken from it).
+    out : str
+        Output folder (default ``<run>/evaluate``).
+    slm, verifier, router_table : str, optional
+        Override the run's artifacts.
+    label : str
+        Label column of the router table the routers are fitted on.
+    test_seeds : list of int, optional
+        Perturbation seeds of the test episodes (default: the run's).
+    n_test_tasks : int, optional
+        Use only the first tasks of the test split.
+    rates : list of float
+        Target escalation shares that set each router's thresholds.
+    success_tolerance : float
+        "At the teacher's success" means within this many points (0.02).
+    cost_slm, cost_llm : float
+        Step and teacher-call costs.
+    cvar_tail : float
+        Tail of the per-seed failure CVaR.
+    dagger_rounds : int
+        Rounds of retraining on mixed trajectories (0 skips).
+    dagger_seeds : list of int
+        Perturbation seeds of the first round's mixed episodes (later rounds
+        shift them by ``100 * round``).
+    n_resamples : int
+        Bootstrap resamples.
+    random_state : int
+    progress : bool
+    """
+
+    run: str = "runs/demo"
+    out: str | None = None
+    slm: str | None = None
+    verifier: str | None = None
+    router_table: str | None = None
+    label: str = "y_counterfactual"
+    test_seeds: list[int] | None = None
+    n_test_tasks: int | None = None
+    rates: list[float] = field(default_factory=lambda: list(_DEFAULT_RATES))
+    success_tolerance: float = 0.02
+    cost_slm: float = 1.0
+    cost_llm: float = 10.0
+    cvar_tail: float = 0.2
+    dagger_rounds: int = 1
+    dagger_seeds: list[int] = field(default_factory=lambda: [3000, 3001, 3002])
+    n_resamples: int = 1000
+    random_state: int = 0
+    progress: bool = True
+
+
+class ClosedLoop:
+    """Seeded episodes of the frozen SLM with a decision rule in the loop.
+
+    Parameters
+    ----------
+    agent : pipelines.rollout.SLMAgent
+        The SLM with ``k`` candidates and verifier selection (memoised per prompt).
+    make_env : callable
+        ``make_env()`` → a seeded, deterministic environment (a
+        :class:`pipelines.perturb.PerturbedEnv`). One is made: hindsight
+        replays use it too and the episode in play is restored afterwards by
+        replaying its actions (TextWorld's interpreter is one per process).
+    prompt_kwargs : dict
+        Passed to :func:`pipelines.bc.format_prompt`.
+    """
+
+    def __init__(
+        self,
+        agent: Any,
+        make_env: Callable[[], Any],
+        prompt_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.agent = agent
+        self.env = make_env()
+        self._dirty = False
+        self.prompt_kwargs = dict(prompt_kwargs or {})
+        self.horizon = int(self.env.max_steps)
+        self._alone: dict[tuple[Any, ...], bool] = {}
+        self._teacher_now: str | None = None
+
+    # ------------------------------------------------------ SLM as callables
+    def slm(self, context: str, k: int) -> list[dict[str, Any]]:
+        """The agent's ``k`` candidates at ``context`` (StepCascade ``slm``)."""
+        d = self.agent.decide(context)
+        return [
+            {"text": t, "token_logprobs": lp, "token_entropies": ent}
+            for t, lp, ent in zip(
+                d["texts"], d["token_logprobs"], d["token_entropies"], strict=True
+            )
+        ]
+
+    def verifier(self, context: str, texts: list[str]) -> list[float]:
+        """The verifier's scores of the agent's candidates (StepCascade ``verifier``)."""
+        return list(self.agent.decide(context)["scores"])
+
+    def teacher(self, context: str) -> str:
+        """The environment expert's action in the current state."""
+        return self._teacher_now or "look"
+
+    # -------------------------------------------------------------- hindsight
+    def slm_alone(self, task: str, seed: int, actions: tuple[str, ...]) -> bool:
+        """Does the SLM alone succeed after replaying ``actions``? (memoised)
+
+        The SLM's own continuation visits states whose answer is the same, so
+        every prefix along it is memoised too.
+        """
+        key = (task, seed, actions)
+        if key in self._alone:
+            return self._alone[key]
+        from pipelines.bc import format_prompt
+
+        env = self.env
+        self._dirty = True
+        obs0 = env.reset(task, seed)
+        history: list[tuple[str, str]] = []
+        done, success = False, False
+        for a in actions:
+            obs, done, success, _ = env.step(a)
+            history.append((a, obs))
+            if done:
+                break
+        path = [actions]
+        cur = actions
+        while not done:
+            prompt = format_prompt(obs0, history, **self.prompt_kwargs)
+            a = self.agent.decide(prompt)["action"] or "look"
+            obs, done, success, _ = env.step(a)
+            history.append((a, obs))
+            cur = (*cur, a)
+            path.append(cur)
+            if cur and (task, seed, cur) in self._alone and not done:
+                success = self._alone[(task, seed, cur)]
+                break
+        for p in path:
+            self._alone[(task, seed, p)] = bool(success)
+        return bool(success)
+
+    def label(
+        self,
+        task: str,
+        seed: int,
+        prefix: tuple[str, ...],
+        slm_action: str,
+        teacher: str,
+    ) -> tuple[int, bool, bool]:
+        """Counterfactual label at a visited state: ``(y, slm_ok, llm_ok)``."""
+        slm_ok = self.slm_alone(task, seed, (*prefix, slm_action))
+        llm_ok = (
+            slm_ok
+            if teacher.strip() == slm_action.strip()
+            else self.slm_alone(task, seed, (*prefix, teacher))
+        )
+        return int(llm_ok and not slm_ok), slm_ok, llm_ok
+
+    # ---------------------------------------------------------------- episode
+    def run_episode(
+        self, task: str, seed: int, cascade: Any = None, *, label: bool = False
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Play one episode with ``cascade`` deciding (None: the hindsight oracle).
+
+        Returns
+        -------
+        episode : dict
+            ``task``, ``seed``, ``success``, ``steps``, ``llm_calls``.
+        steps : list of dict
+            Per step: decision fields and features (cascade arms), the SLM's
+            and the teacher's action; with ``label``, the counterfactual label.
+        """
+        from pipelines.bc import format_prompt
+
+        env = self.env
+        obs0 = env.reset(task, seed)
+        truncated = bool(
+            set(getattr(env, "reset_perturbations", []))
+            & {"truncate", "drop_lines", "mask"}
+        )
+        tool_error = False
+        history: list[tuple[str, str]] = []
+        actions: tuple[str, ...] = ()
+        rows: list[dict[str, Any]] = []
+        episode_id = f"{task}|{seed}"
+        done, success, calls = False, False, 0
+        while not done:
+            prompt = format_prompt(obs0, history, **self.prompt_kwargs)
+            teacher = env.expert_action()
+            self._teacher_now = teacher
+            slm_action = self.agent.decide(prompt)["action"] or "look"
+            if cascade is None:
+                escalate = teacher is not None and not self.slm_alone(
+                    task, seed, (*actions, slm_action)
+                )
+                action = teacher if escalate else slm_action
+                row: dict[str, Any] = {"escalated": escalate, "risk": float(escalate)}
+            else:
+                d = cascade.act(
+                    prompt,
+                    episode_id=episode_id,
+                    horizon=self.horizon,
+                    context_length=self.agent.decide(prompt)["context_length"],
+                    tool_error=tool_error,
+                    truncated=truncated,
+                    group=seed,
+                )
+                escalate, action = d.escalated, d.action or "look"
+                row = {
+                    "escalated": escalate,
+                    "risk": d.risk,
+                    "threshold": d.threshold,
+                    **d.features,
+                }
+            calls += int(escalate)
+            row.update(
+                task_id=task,
+                seed=int(seed),
+                episode_id=episode_id,
+                step=len(actions),
+                action=action,
+                slm_action=slm_action,
+                teacher_action=teacher or "",
+            )
+            if label and teacher is not None:
+                y, slm_ok, llm_ok = self.label(task, seed, actions, slm_action, teacher)
+                row.update(
+                    y_counterfactual=y, slm_step_success=slm_ok, llm_step_success=llm_ok
+                )
+            rows.append(row)
+            if self._dirty:  # a hindsight replay moved the env: replay our prefix
+                env.reset(task, seed)
+                for a in actions:
+                    env.step(a)
+                self._dirty = False
+            obs, done, success, info = env.step(action)
+            tool_error = bool(info.get("tool_error", False))
+            truncated = bool(info.get("truncated", False))
+            history.append((action, obs))
+            actions = (*actions, action)
+        if cascade is not None:
+            cascade.end_episode(episode_id, success=success)
+        episode = {
+            "task_id": task,
+            "seed": int(seed),
+            "success": bool(success),
+            "steps": len(actions),
+            "llm_calls": calls,
+        }
+        return episode, rows
+
+
+# ----------------------------------------------------------------- metrics
+def _share(calls: np.ndarray, steps: np.ndarray) -> float:
+    return float(np.sum(calls) / max(np.sum(steps), 1))
+
+
+def arm_metrics(
+    episodes: pd.DataFrame,
+    *,
+    cost_slm: float,
+    cost_llm: float,
+    cvar_tail: float = 0.2,
+    n_resamples: int = 1000,
+    random_state: int = 0,
+) -> dict[str, Any]:
+    """Success, LLM-call share, cost and per-seed figures of one arm's episodes.
+
+    CIs are cluster-bootstrap percentiles over tasks.
+    """
+    from r2vcal.metrics import bootstrap_ci, cvar
+
+    s = episodes["success"].to_numpy(float)
+    calls = episodes["llm_calls"].to_numpy(float)
+    steps = episodes["steps"].to_numpy(float)
+    cost = cost_slm * steps + cost_llm * calls
+    kw = {
+        "n_resamples": n_resamples,
+        "groups": episodes["task_id"].to_numpy(),
+        "random_state": random_state,
+    }
+    succ = bootstrap_ci(np.mean, s, **kw)
+    share = bootstrap_ci(_share, calls, steps, **kw)
+    cst = bootstrap_ci(np.mean, cost, **kw)
+    per_seed = episodes.groupby("seed")["success"].mean()
+    return {
+        "episodes": len(episodes),
+        "success": succ.estimate,
+        "success_low": succ.low,
+        "success_high": succ.high,
+        "llm_share": share.estimate,
+        "llm_share_low": share.low,
+        "llm_share_high": share.high,
+        "cost": cst.estimate,
+        "cost_low": cst.low,
+        "cost_high": cst.high,
+        "worst_seed_success": float(per_seed.min()),
+        "cvar_seed_failure": float(cvar(1.0 - per_seed.to_numpy(), cvar_tail)),
+    }
+
+
+def share_at_success(table: pd.DataFrame, router: str, target: float) -> float:
+    """Smallest LLM-call share at which ``router`` reaches ``target`` success."""
+    rows = table[(table["router"] == router) & (table["success"] >= target - 1e-12)]
+    return float(rows["llm_share"].min()) if len(rows) else float("nan")
+
+
+def _calibration(frame: pd.DataFrame, prob: np.ndarray) -> dict[str, float]:
+    from r2vcal.metrics import expected_calibration_error
+
+    y = frame["y_counterfactual"].to_numpy(float)
+    brier = (prob - y) ** 2
+    per_seed = pd.Series(brier).groupby(frame["seed"].to_numpy()).mean()
+    return {
+        "rows": len(frame),
+        "positives": int(y.sum()),
+        "ece": float(expected_calibration_error(y, prob, n_bins=10)),
+        "brier": float(brier.mean()),
+        "worst_seed_brier": float(per_seed.max()),
+    }
+
+
+# ------------------------------------------------------------------- plots
+def plot_frontier(table: pd.DataFrame, path: Path) -> None:
+    """Closed-loop success against LLM-call share, one curve per router."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for name, grp in table[table["threshold_rate"].notna()].groupby("router"):
+        grp = grp.sort_values("llm_share")
+        ax.errorbar(
+            grp["llm_share"],
+            grp["success"],
+            yerr=[
+                grp["success"] - grp["success_low"],
+                grp["success_high"] - grp["success"],
+            ],
+            marker="o",
+            capsize=2,
+            label=name,
+            alpha=0.85,
+        )
+    marks = {"slm_only": "s", "teacher_only": "^", "oracle": "*"}
+    for name, m in marks.items():
+        row = table[table["router"] == name]
+        if len(row):
+            ax.scatter(
+                row["llm_share"],
+                row["success"],
+                marker=m,
+                s=110,
+                zorder=5,
+                color="black" if name != "oracle" else "gold",
+                edgecolor="black",
+                label=name
+                + (" (hindsight, not deployable)" if name == "oracle" else ""),
+            )
+    ax.set_xlabel("LLM-call share (escalated steps / steps)")
+    ax.set_ylabel("episode success (closed loop)")
+    ax.set_title("Closed-loop reliability-cost frontier (95% CI over tasks)")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_mixed_reliability(
+    frame: pd.DataFrame, probs: dict[str, np.ndarray], path: Path
+) -> None:
+    """Reliability diagrams on held-out mixed trajectories, before/after."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from r2vcal.plotting import ReliabilityDisplay
+
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    y = frame["y_counterfactual"].to_numpy()
+    for name, p in probs.items():
+        ReliabilityDisplay.from_predictions(y, p, n_bins=8, name=name, ax=ax)
+    ax.set_title("Mixed trajectories (router in the loop), held out")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -------------------------------------------------------------------- main
+class _Coin:
+    """:class:`r2vcal.RandomRouter` in the loop: a fresh uniform draw per step.
+
+    ``predict_proba`` is the draw, so the threshold ``1 - rate`` escalates a
+    share ``rate`` of the steps at random (RandomRouter's ``route`` rule).
+    """
+
+    n_features_in_ = 18
+    cost_slm, cost_llm = 1.0, 10.0
+
+    def __init__(self, random_state: int) -> None:
+        self._rng = np.random.default_rng(random_state)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        u = self._rng.random(len(X))
+        return np.column_stack([1.0 - u, u])
+
+
+def _fit_routers(
+    table: pd.DataFrame, label: str, cfg: EvaluateConfig
+) -> dict[str, Any]:
+    from r2vcal import CVaRBrierRouter, EntropyRouter, VerifierRouter
+    from r2vcal.features import FEATURE_NAMES
+
+    X = table[list(FEATURE_NAMES)]
+    y = table[label].astype(int).to_numpy()
+    if len(np.unique(y)) < 2:
+        raise ValueError(
+            f"The router table's label {label!r} has a single class "
+            f"({int(y[0]) if len(y) else 'empty'} on all {len(y)} rows); the routers "
+            "cannot be fitted. Roll out more episodes or use another label."
+        )
+    groups = table["seed"].to_numpy()
+    costs = {"cost_slm": cfg.cost_slm, "cost_llm": cfg.cost_llm}
+    return {
+        "cvar_brier": CVaRBrierRouter(random_state=cfg.random_state, **costs).fit(
+            X, y, groups=groups
+        ),
+        "brier_only": CVaRBrierRouter(
+            cvar_weight=0.0, random_state=cfg.random_state, **costs
+        ).fit(X, y, groups=groups),
+        "entropy": EntropyRouter(**costs).fit(X, y),
+        "verifier": VerifierRouter(**costs).fit(X, y),
+        "random": _Coin(cfg.random_state),
+    }
+
+
+def _load_run(cfg: EvaluateConfig) -> dict[str, Any]:
+    summary_path = Path(cfg.run) / "run_summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(
+            f"{summary_path} not found: run the chain first "
+            f"(python -m pipelines.run --out {cfg.run})."
+        )
+    run = json.loads(summary_path.read_text())
+    art = dict(run.get("artifacts", {}))
+    for key, attr in (
+        ("slm", "slm"),
+        ("verifier", "verifier"),
+        ("router_table", "router_table"),
+    ):
+        if getattr(cfg, attr):
+            art[key] = getattr(cfg, attr)
+        if not art.get(key):
+            raise ValueError(
+                f"{summary_path} has no artifacts.{key}; pass EvaluateConfig.{attr}."
+            )
+    run["artifacts"] = art
+    return run
+
+
+def main(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Run every arm in closed loop, the mixed-trajectory rounds, and the report."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from pipelines.envs import make_env
+    from pipelines.perturb import PerturbedEnv, make_family
+    from pipelines.rollout import SLMAgent
+    from r2vcal.cascade import StepCascade
+    from r2vcal.thresholds import budget_threshold
+
+    start = time.perf_counter()
+    torch.set_num_threads(1)  # tiny models: threads only contend
+    run = _load_run(cfg)
+    art = run["artifacts"]
+    out = Path(cfg.out or Path(cfg.run) / "evaluate")
+    out.mkdir(parents=True, exist_ok=True)
+    env_name = run.get("env", "textworld")
+    env_kwargs = run["env_kwargs"]
+    ops = [
+        op
+        for fam in run.get("families", ["all"])
+        for op in make_family(fam, run["rate"])
+    ]
+
+    def new_env() -> Any:
+        return PerturbedEnv(
+            make_env(env_name, **env_kwargs), ops, max_steps=run["max_steps"]
+        )
+
+    agent = SLMAgent(art["slm"], art["verifier"], k=int(run["k"]))
+    loop = ClosedLoop(agent, new_env, run.get("prompt_kwargs"))
+    table = pd.read_parquet(art["router_table"])
+    routers = _fit_routers(table, cfg.label, cfg)
+    from r2vcal.features import FEATURE_NAMES
+
+    X_table = table[list(FEATURE_NAMES)]
+    tasks = loop.env.tasks("test")[: cfg.n_test_tasks]
+    seeds = [int(s) for s in (cfg.test_seeds or run["test_seeds"])]
+    costs = {"cost_slm": cfg.cost_slm, "cost_llm": cfg.cost_llm}
+
+    def cascade(
+        router: Any, threshold: float, budget: int | None = None
+    ) -> StepCascade:
+        return StepCascade(
+            loop.slm,
+            loop.teacher,
+            router,
+            verifier=loop.verifier,
+            k=agent.k,
+            threshold=threshold,
+            budget=budget,
+            horizon=loop.horizon,
+            **costs,
+        )
+
+    arms: list[tuple[str, float | None, Any]] = [
+        ("slm_only", None, lambda: cascade(routers["entropy"], 1.0, budget=0)),
+        ("teacher_only", None, lambda: cascade(routers["entropy"], 0.0)),
+        ("oracle", None, lambda: None),
+    ]
+    for name in ("cvar_brier", "brier_only", "entropy", "verifier", "random"):
+        p = routers[name].predict_proba(X_table)[:, 1]
+        for rate in cfg.rates:
+            tau = 1.0 - rate if name == "random" else budget_threshold(p, rate)
+            arms.append(
+                (name, rate, partial(cascade, routers[name], float(min(tau, 1.0))))
+            )
+    episodes, steps = [], []
+    bar = tqdm(
+        total=len(arms) * len(tasks) * len(seeds),
+        desc="closed loop",
+        disable=not cfg.progress,
+    )
+    for name, rate, make in arms:
+        cas = make()
+        for task in tasks:
+            for seed in seeds:
+                ep, rows = loop.run_episode(task, seed, cas)
+                ep.update(router=name, threshold_rate=rate)
+                episodes.append(ep)
+                for r in rows:
+                    r.update(router=name, threshold_rate=rate)
+                steps.extend(rows)
+                bar.update()
+    bar.close()
+    ep_df = pd.DataFrame(episodes)
+    ep_df.to_csv(out / "episodes.csv", index=False)
+    results = []
+    for (name, rate), grp in ep_df.groupby(
+        ["router", "threshold_rate"], dropna=False, sort=False
+    ):
+        m = arm_metrics(
+            grp,
+            cvar_tail=cfg.cvar_tail,
+            n_resamples=cfg.n_resamples,
+            random_state=cfg.random_state,
+            **costs,
+        )
+        results.append({"router": name, "threshold_rate": rate, **m})
+    res = pd.DataFrame(results)
+    res["deployable"] = res["router"] != "oracle"
+    res.to_csv(out / "closed_loop.csv", index=False)
+    per_seed = ep_df.pivot_table(
+        index=["router", "threshold_rate"],
+        columns="seed",
+        values="success",
+        aggfunc="mean",
+        dropna=False,
+    )
+    per_seed.to_csv(out / "per_seed.csv")
+    plot_frontier(res, out / "frontier.png")
+
+    teacher_success = float(res.loc[res["router"] == "teacher_only", "success"].iloc[0])
+    target = teacher_success - cfg.success_tolerance
+    headline = {
+        "teacher_only_success": teacher_success,
+        "slm_only_success": float(
+            res.loc[res["router"] == "slm_only", "success"].iloc[0]
+        ),
+        "target_success": target,
+        "share_at_target": {
+            name: share_at_success(res, name, target)
+            for name in ("cvar_brier", "brier_only", "entropy", "verifier", "random")
+        },
+    }
+    sh = headline["share_at_target"]
+    headline["cvar_over_entropy_share"] = (
+        sh["cvar_brier"] / sh["entropy"]
+        if sh["entropy"] and np.isfinite(sh["entropy"])
+        else None
+    )
+    for name in ("cvar_brier", "brier_only"):
+        sub = res[res["router"] == name]
+        headline[f"{name}_worst_seed_success_by_rate"] = dict(
+            zip(
+                sub["threshold_rate"].astype(str),
+                sub["worst_seed_success"],
+                strict=True,
+            )
+        )
+    summary: dict[str, Any] = {
+        "config": asdict(cfg),
+        "tasks": tasks,
+        "seeds": seeds,
+        "headline": headline,
+        "agent_decisions": len(agent._memo),
+    }
+    summary["seconds_closed_loop"] = round(time.perf_counter() - start, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+    if cfg.dagger_rounds > 0:
+        summary["mixed"] = _dagger(
+            cfg, loop, routers["cvar_brier"], table, tasks, seeds, cascade, out
+        )
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_markdown(out, res, summary)
+    return summary
+
+
+def _mixed(
+    loop: ClosedLoop,
+    cas: Any,
+    tasks: list[str],
+    seeds: list[int],
+    desc: str,
+    progress: bool,
+) -> pd.DataFrame:
+    from tqdm.auto import tqdm
+
+    rows: list[dict[str, Any]] = []
+    for task in tqdm(tasks, desc=desc, disable=not progress):
+        for seed in seeds:
+            _, r = loop.run_episode(task, seed, cas, label=True)
+            rows.extend(x for x in r if "y_counterfactual" in x)
+    return pd.DataFrame(rows)
+
+
+def _dagger(
+    cfg: EvaluateConfig,
+    loop: ClosedLoop,
+    router0: Any,
+    table: pd.DataFrame,
+    test_tasks: list[str],
+    test_seeds: list[int],
+    cascade: Callable[..., Any],
+    out: Path,
+) -> dict[str, Any]:
+    from sklearn.base import clone
+
+    from r2vcal.features import FEATURE_NAMES
+
+    feats = list(FEATURE_NAMES)
+    held = _mixed(
+        loop,
+        cascade(router0, router0.threshold_),
+        test_tasks,
+        test_seeds,
+        "mixed (test)",
+        cfg.progress,
+    )
+    held.to_parquet(out / "mixed_test.parquet", index=False)
+    train_tasks = sorted(table["task_id"].unique())
+    # The table's rows keep the label the routers were fitted on; mixed rows
+    # carry the counterfactual label (the same one by default).
+    data = table[[*feats, "seed"]].assign(y_counterfactual=table[cfg.label].astype(int))
+    router = router0
+    probs = {"SLM-only trained": router0.predict_proba(held[feats])[:, 1]}
+    rounds = []
+    for k in range(cfg.dagger_rounds):
+        seeds = [s + 100 * k for s in cfg.dagger_seeds]
+        mixed = _mixed(
+            loop,
+            cascade(router, router.threshold_),
+            train_tasks,
+            seeds,
+            f"mixed (round {k + 1})",
+            cfg.progress,
+        )
+        data = pd.concat(
+            [data, mixed[[*feats, "y_counterfactual", "seed"]]], ignore_index=True
+        )
+        router = clone(router0).fit(
+            data[feats],
+            data["y_counterfactual"].astype(int),
+            groups=data["seed"].to_numpy(),
+        )
+        rounds.append(
+            {
+                "round": k + 1,
+                "rows_added": len(mixed),
+                "positives_added": int(mixed["y_counterfactual"].sum()),
+            }
+        )
+    probs[f"after {cfg.dagger_rounds} round(s)"] = router.predict_proba(held[feats])[
+        :, 1
+    ]
+    before, after = (_calibration(held, p) for p in probs.values())
+    plot_mixed_reliability(held, probs, out / "mixed_reliability.png")
+    return {
+        "held_out": {"tasks": test_tasks, "seeds": test_seeds},
+        "rounds": rounds,
+        "before": before,
+        "after": after,
+    }
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    return (
+        "—"
+        if x is None or (isinstance(x, float) and not np.isfinite(x))
+        else f"{x:.{digits}f}"
+    )
+
+
+def write_markdown(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Path:
+    """``report.md`` and ``report.html`` of the closed-loop results."""
+    h = summary["headline"]
+    lines = [
+        "# Closed-loop evaluation",
+        "",
+        f"Held-out tasks: {len(summary['tasks'])}; perturbation seeds: {summary['seeds']}. "
+        "Escalated steps are re-executed by the teacher; success is the environment's.",
+        "",
+        f"- teacher-only success {_fmt(h['teacher_only_success'])}, "
+        f"SLM-only {_fmt(h['slm_only_success'])}",
+        f"- LLM-call share needed to reach {_fmt(h['target_success'])} success: "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in h["share_at_target"].items()),
+        f"- CVaR-Brier ÷ entropy share at that success: {_fmt(h['cvar_over_entropy_share'])}"
+        " (goal ≤ 0.5)",
+        "",
+        "![frontier](frontier.png)",
+        "",
+        "## Arms (95% CI, cluster bootstrap over tasks)",
+        "",
+    ]
+    cols = [
+        "router",
+        "threshold_rate",
+        "success",
+        "success_low",
+        "success_high",
+        "llm_share",
+        "cost",
+        "worst_seed_success",
+        "cvar_seed_failure",
+        "deployable",
+    ]
+    lines.append(res[cols].to_markdown(index=False, floatfmt=".3f"))
+    if "mixed" in summary:
+        m = summary["mixed"]
+        lines += [
+            "",
+            "## Mixed trajectories (router in the loop, held-out tasks)",
+            "",
+            pd.DataFrame({"before": m["before"], "after": m["after"]}).T.to_markdown(
+                floatfmt=".4f"
+            ),
+            "",
+            "![mixed reliability](mixed_reliability.png)",
+        ]
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    page = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        "<title>Closed-loop evaluation</title></head><body>",
+        "<h1>Closed-loop evaluation</h1><ul>",
+        *[f"<li>{html.escape(x[2:])}</li>" for x in lines if x.startswith("- ")],
+        "</ul><img src='frontier.png' alt='frontier'>",
+        "<h2>Arms (95% CI, cluster bootstrap over tasks)</h2>",
+        res[cols].round(3).to_html(index=False),
+    ]
+    if "mixed" in summary:
+        m = summary["mixed"]
+        page += [
+            "<h2>Mixed trajectories (router in the loop, held-out tasks)</h2>",
+            pd.DataFrame({"before": m["before"], "after": m["after"]})
+            .T.round(4)
+            .to_html(),
+            "<img src='mixed_reliability.png' alt='mixed reliability'>",
+        ]
+    (out / "report.html").write_text("\n".join([*page, "</body></html>"]))
+    return out / "report.md"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """Command-line parser mirroring :class:`EvaluateConfig`."""
+    p = argparse.ArgumentParser(description="Closed-loop evaluation of routers.")
+    p.add_argument("--run", default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("--slm", default=None)
+    p.add_argument("--verifier", default=None)
+    p.add_argument("--router-table", default=None)
+    p.add_argument("--label", default=None)
+    p.add_argument("--test-seeds", type=int, nargs="+", default=None)
+    p.add_argument("--n-test-tasks", type=int, default=None)
+    p.add_argument("--rates", type=float, nargs="+", default=None)
+    p.add_argument("--dagger-rounds", type=int, default=None)
+    p.add_argument("--n-resamples", type=int, default=None)
+    return p
+
+
+if __name__ == "__main__":
+    from pipelines.bc import config_from_args
+
+    print(
+        json.dumps(
+            main(config_from_args(make_parser().parse_args(), EvaluateConfig))[
+                "headline"
+            ],
+            indent=2,
+        )
+    )
