@@ -46,8 +46,10 @@ candidates must be complete to be routed, and the LLM's answer is fetched whole
 so that a failure half-way can still fall back to the SLM; the client receives
 ordinary ``chat.completion.chunk`` events.
 
-This module needs the ``serve`` extra (FastAPI, uvicorn, httpx); they are
-imported when an app is built, never by ``import r2vcal``.
+This module needs the ``serve`` extra (FastAPI, uvicorn, aiohttp); they are
+imported when an app is built, never by ``import r2vcal``. The upstream client
+is aiohttp rather than httpx: with 32 concurrent requests httpx's connection
+pool spent more CPU than the rest of the proxy (``bench/bench_serve.py``).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ import numpy as np
 from r2vcal.cascade import BudgetRule, Decision, StepCascade
 
 if TYPE_CHECKING:  # pragma: no cover
-    import httpx
+    import aiohttp
     from fastapi import FastAPI
 
 __all__ = [
@@ -98,17 +100,17 @@ TOOL_ERROR_PATTERN = (
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _MISSING_EXTRA = (
-    "r2vcal serve needs FastAPI, uvicorn and httpx: pip install 'r2vcal[serve]'"
+    "r2vcal serve needs FastAPI, uvicorn and aiohttp: pip install 'r2vcal[serve]'"
 )
 
 
 def _import_serve_deps() -> tuple[Any, Any]:
     try:
+        import aiohttp
         import fastapi
-        import httpx
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError(_MISSING_EXTRA) from exc
-    return fastapi, httpx
+    return fastapi, aiohttp
 
 
 # --------------------------------------------------------------------------- #
@@ -195,7 +197,7 @@ class _UpstreamError(Exception):
 
 
 async def _post_json(
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     up: Upstream,
     payload: Mapping[str, Any],
     side: str,
@@ -204,40 +206,41 @@ async def _post_json(
     url: str | None = None,
 ) -> dict[str, Any]:
     """POST with retries and a hard per-attempt limit; the decoded JSON body."""
-    import httpx
+    import aiohttp
 
     headers = {"Content-Type": "application/json"}
     if up.api_key:
         headers["Authorization"] = f"Bearer {up.api_key}"
     content = json.dumps(payload).encode()
+
+    async def attempt() -> tuple[int, bytes]:
+        async with client.post(url or up.url, data=content, headers=headers) as r:
+            return r.status, await r.read()
+
     last = "no attempt"
     status: int | None = None
-    for attempt in range(up.max_retries + 1):
-        if attempt:
-            await asyncio.sleep(up.backoff * 2 ** (attempt - 1))
+    for n in range(up.max_retries + 1):
+        if n:
+            await asyncio.sleep(up.backoff * 2 ** (n - 1))
         try:
-            r = await asyncio.wait_for(
-                client.post(url or up.url, content=content, headers=headers),
-                timeout=up.timeout,
-            )
-        except (asyncio.TimeoutError, httpx.TimeoutException):
+            status, raw = await asyncio.wait_for(attempt(), timeout=up.timeout)
+        except asyncio.TimeoutError:
             last, status = f"timed out after {up.timeout:g} s", None
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             last, status = f"{type(exc).__name__}: {exc}", None
         else:
-            if r.status_code < 400:
+            if status < 400:
                 try:
-                    out = r.json()
+                    out = json.loads(raw)
                 except ValueError:
-                    last, status = "answer is not JSON", r.status_code
+                    last = "answer is not JSON"
                 else:
                     if isinstance(out, dict):
                         return out
-                    last, status = "answer is not a JSON object", r.status_code
+                    last = "answer is not a JSON object"
             else:
-                status = r.status_code
-                last = f"HTTP {r.status_code}: {_error_message(r.text)}"
-                if r.status_code not in _RETRY_STATUS:
+                last = f"HTTP {status}: {_error_message(raw.decode(errors='replace'))}"
+                if status not in _RETRY_STATUS:
                     metrics.inc("r2vcal_upstream_errors_total", side=side)
                     raise _UpstreamError(side, last, status)
         metrics.inc("r2vcal_upstream_errors_total", side=side)
@@ -463,19 +466,32 @@ def _choice_text(choice: Mapping[str, Any]) -> str:
 def _choice_logprobs(choice: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-token log-probs and (from ``top_logprobs``) entropies of a choice."""
     tokens = (choice.get("logprobs") or {}).get("content") or []
-    lp = np.array(
-        [t.get("logprob", np.nan) if isinstance(t, dict) else np.nan for t in tokens],
-        dtype=np.float64,
-    )
+    try:
+        lp = np.array([t["logprob"] for t in tokens], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        lp = np.array(
+            [t.get("logprob") if isinstance(t, dict) else None for t in tokens],
+            dtype=np.float64,
+        )
     lp = np.where(np.isfinite(lp), np.minimum(lp, 0.0), -100.0)
-    tops = [t.get("top_logprobs") if isinstance(t, dict) else None for t in tokens]
-    if not tokens or not all(tops):
+    if not tokens:
         return lp, None
-    width = max(len(t) for t in tops)  # type: ignore[arg-type]
-    top = np.full((len(tops), width), -np.inf)
-    for i, row in enumerate(tops):
-        vals = [a.get("logprob", -np.inf) for a in row]  # type: ignore[union-attr]
-        top[i, : len(vals)] = vals
+    try:
+        rows = [[a["logprob"] for a in t["top_logprobs"]] for t in tokens]
+    except (KeyError, TypeError):
+        return lp, None
+    width = max(map(len, rows))
+    if width == 0:
+        return lp, None
+    try:
+        if all(len(r) == width for r in rows):
+            top = np.array(rows, dtype=np.float64)
+        else:
+            top = np.full((len(rows), width), -np.inf)
+            for i, r in enumerate(rows):
+                top[i, : len(r)] = r
+    except (TypeError, ValueError):  # a null or non-numeric log-prob
+        return lp, None
     top = np.where(np.isfinite(top), np.minimum(top, 0.0), -np.inf)
     p = np.exp(top)
     with np.errstate(invalid="ignore"):
@@ -637,7 +653,7 @@ class _Proxy:
         self.keep_decisions = keep_decisions
         self.tool_error = re.compile(tool_error_pattern, re.IGNORECASE)
         self.metrics = _Metrics()
-        self.client: httpx.AsyncClient | None = None
+        self.client: aiohttp.ClientSession | None = None
         self.created = int(time.time())
         self._turns: dict[str, tuple[int, float]] = {}
         self._n_requests = 0
@@ -672,7 +688,7 @@ class _Proxy:
             self.parquet.append(decision)
 
     # ----------------------------------------------------------- upstream
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> aiohttp.ClientSession:
         if self.client is None:
             raise RuntimeError("the proxy's HTTP client starts with the app")
         return self.client
@@ -963,7 +979,7 @@ def create_app(
     ...                  llm=Upstream("http://127.0.0.1:8002/v1", "large"),
     ...                  budget=3, log_path="decisions.jsonl")  # doctest: +SKIP
     """
-    fastapi, httpx = _import_serve_deps()
+    fastapi, aiohttp = _import_serve_deps()
     from contextlib import asynccontextmanager
 
     from fastapi.responses import JSONResponse, PlainTextResponse
@@ -1027,14 +1043,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Any) -> Any:
-        limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
+        proxy.client = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max_connections),
+            timeout=aiohttp.ClientTimeout(total=None),
         )
-        proxy.client = httpx.AsyncClient(limits=limits, timeout=None)
         try:
             yield
         finally:
-            await proxy.client.aclose()
+            await proxy.client.close()
             if plog is not None:
                 plog.close()
 

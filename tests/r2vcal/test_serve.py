@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("fastapi")
+pytest.importorskip("aiohttp")
 httpx = pytest.importorskip("httpx")
 
 from r2vcal.baselines import EntropyRouter  # noqa: E402
@@ -565,7 +566,7 @@ def test_module_imports_light_and_exports():
     assert all(hasattr(r2vcal.serve, n) for n in r2vcal.serve.__all__)
     code = (
         "import sys, r2vcal, r2vcal.serve, r2vcal.cli; "
-        "print(sorted({'fastapi', 'uvicorn', 'httpx', 'torch'} & set(sys.modules)))"
+        "print(sorted({'fastapi', 'uvicorn', 'aiohttp', 'httpx', 'torch'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("fastapi")
+pytest.importorskip("aiohttp")
 pytest.importorskip("transformers")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")

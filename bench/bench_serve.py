@@ -1,0 +1,278 @@
+"""Proxy overhead of ``r2vcal serve`` against calling the SLM upstream directly, in one run.
+
+Starts, each in its own process on 127.0.0.1:
+
+* an upstream: an OpenAI-compatible app that answers at once with a canned
+  completion of ``--k`` candidates x ``--tokens`` tokens with log-probs and 5
+  top log-probs each (so upstream time is near zero and the proxy's own cost
+  shows);
+* the proxy: the ``r2vcal serve`` command with a fitted ``CVaRBrierRouter``
+  (threshold 1: every step is featurized and routed, none escalated, so both
+  paths make exactly one upstream call).
+
+Prints:
+
+* median latency of one request, direct (the same ``n=k, logprobs`` request the
+  proxy makes) and through the proxy; their difference is the overhead added
+  per request (goal: median <= 5 ms); plus the proxy's own mean overhead from
+  its ``/metrics`` (latency minus time waiting for the upstream);
+* sustained requests/s with ``--clients`` concurrent clients (default 32,
+  aiohttp; 20-step conversations each), direct vs proxied.
+
+Usage: ``python bench/bench_serve.py [--requests 300] [--clients 32] [--seconds 5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def canned_answer(k: int, tokens: int) -> bytes:
+    rng = np.random.default_rng(0)
+    choices = []
+    for i in range(k):
+        toks = []
+        for _ in range(tokens):
+            top = np.sort(np.log(rng.dirichlet(np.ones(8))[:5]))[::-1]
+            alts = [{"token": f"t{j}", "logprob": float(v)} for j, v in enumerate(top)]
+            toks.append({"token": "t0", "logprob": float(top[0]), "top_logprobs": alts})
+        choices.append(
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": f"action {i % 2}"},
+                "logprobs": {"content": toks},
+                "finish_reason": "stop",
+            }
+        )
+    doc = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "bench-slm",
+        "choices": choices,
+        "usage": {"prompt_tokens": 50, "completion_tokens": k * tokens},
+    }
+    return json.dumps(doc).encode()
+
+
+def run_upstream(port: int, k: int, tokens: int) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    body = canned_answer(k, tokens)
+
+    async def chat(request):  # type: ignore[no-untyped-def]
+        await request.body()
+        return Response(body, media_type="application/json")
+
+    async def health(request):  # type: ignore[no-untyped-def]
+        return Response(b"{}", media_type="application/json")
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/health", health),
+        ]
+    )
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def wait_up(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not start")
+
+
+def save_bench_router(folder: Path) -> Path:
+    from r2vcal import CVaRBrierRouter, save_router
+    from r2vcal.features import FEATURE_NAMES
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(size=(2000, len(FEATURE_NAMES))), columns=FEATURE_NAMES)
+    y = rng.random(len(X)) < 1 / (1 + np.exp(-X["entropy_mean"]))
+    router = CVaRBrierRouter(random_state=0).fit(
+        X, y, groups=rng.integers(0, 4, len(X))
+    )
+    return save_router(router, folder / "router")
+
+
+def latencies(url: str, body: dict, n: int) -> list[float]:
+    import httpx
+
+    out = []
+    with httpx.Client(timeout=30) as client:
+        for i in range(n + 20):
+            b = {**body, "user": f"u{i % 50}"}
+            t0 = time.perf_counter()
+            r = client.post(url + "/v1/chat/completions", json=b)
+            dt = time.perf_counter() - t0
+            r.raise_for_status()
+            if i >= 20:  # warm-up
+                out.append(dt)
+    return out
+
+
+async def throughput(url: str, body: dict, clients: int, seconds: float) -> float:
+    import aiohttp
+
+    done = 0
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker(w: int, stop: float) -> None:
+            nonlocal done
+            i = 0
+            while time.perf_counter() < stop:
+                b = {**body, "user": f"c{w}-{i // 20}"}  # 20-step conversations
+                async with session.post(url + "/v1/chat/completions", json=b) as r:
+                    r.raise_for_status()
+                    await r.read()
+                done += 1
+                i += 1
+
+        warm = time.perf_counter() + 0.5
+        await asyncio.gather(*(worker(w, warm) for w in range(clients)))
+        done = 0
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(w, t0 + seconds) for w in range(clients)))
+        return done / (time.perf_counter() - t0)
+
+
+def server_overhead(url: str) -> float:
+    import httpx
+
+    text = httpx.get(url + "/metrics").text
+    vals = dict(
+        line.split(" ", 1)
+        for line in text.splitlines()
+        if line.startswith("r2vcal_proxy_overhead_seconds_")
+        and not line.startswith("r2vcal_proxy_overhead_seconds_bucket")
+    )
+    return float(vals["r2vcal_proxy_overhead_seconds_sum"]) / float(
+        vals["r2vcal_proxy_overhead_seconds_count"]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.upstream:
+        run_upstream(args.upstream, args.k, args.tokens)
+        return
+
+    procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            up_port, px_port = free_port(), free_port()
+            up_url, px_url = (
+                f"http://127.0.0.1:{up_port}",
+                f"http://127.0.0.1:{px_port}",
+            )
+            up_cmd = [sys.executable, __file__, "--upstream", str(up_port)]
+            up_cmd += ["--k", str(args.k), "--tokens", str(args.tokens)]
+            procs.append(subprocess.Popen(up_cmd))
+            router = save_bench_router(Path(tmp))
+            px_cmd = [sys.executable, "-m", "r2vcal.cli", "serve"]
+            px_cmd += ["--router", str(router), "--port", str(px_port)]
+            px_cmd += ["--slm-base-url", up_url + "/v1", "--slm-model", "bench-slm"]
+            px_cmd += ["--llm-base-url", up_url + "/v1", "--llm-model", "bench-llm"]
+            px_cmd += [
+                "--k",
+                str(args.k),
+                "--threshold",
+                "1.0",
+                "--log-level",
+                "warning",
+            ]
+            env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+            procs.append(subprocess.Popen(px_cmd, env=env))
+            wait_up(up_url, procs[0])
+            wait_up(px_url, procs[1])
+            messages = [
+                {"role": "system", "content": "You are an agent. " * 20},
+                {"role": "user", "content": "find the key"},
+                {"role": "assistant", "content": "look"},
+                {"role": "tool", "content": "You see a box."},
+            ]
+            proxied = {"model": "r2vcal", "messages": messages, "max_tokens": 16}
+            direct = {
+                **proxied,
+                "model": "bench-slm",
+                "n": args.k,
+                "logprobs": True,
+                "top_logprobs": 5,
+            }
+            print(
+                f"upstream: canned answer, k={args.k} candidates x {args.tokens} "
+                f"tokens with 5 top log-probs; proxy: r2vcal serve, CVaRBrierRouter, "
+                f"{len(os.sched_getaffinity(0))} CPU cores shared by everything"
+            )
+            lat_d = latencies(up_url, direct, args.requests)
+            lat_p = latencies(px_url, proxied, args.requests)
+            med_d, med_p = statistics.median(lat_d), statistics.median(lat_p)
+            p90 = float(np.percentile(lat_p, 90) - np.percentile(lat_d, 90))
+            print(
+                f"latency  direct median {med_d * 1e3:6.2f} ms   proxied median "
+                f"{med_p * 1e3:6.2f} ms   ({args.requests} sequential requests)"
+            )
+            print(
+                f"         added by the proxy: median {(med_p - med_d) * 1e3:.2f} ms "
+                f"(p90 {p90 * 1e3:.2f} ms)   (goal: median <= 5 ms)"
+            )
+            print(
+                "         proxy's own overhead from /metrics (latency minus upstream "
+                f"wait): mean {server_overhead(px_url) * 1e3:.2f} ms"
+            )
+            rps_d = asyncio.run(throughput(up_url, direct, args.clients, args.seconds))
+            rps_p = asyncio.run(throughput(px_url, proxied, args.clients, args.seconds))
+            print(
+                f"throughput with {args.clients} concurrent clients: direct "
+                f"{rps_d:7.1f} req/s   proxied {rps_p:7.1f} req/s   "
+                f"ratio proxied/direct = {rps_p / rps_d:.2f}"
+            )
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(15)
+
+
+if __name__ == "__main__":
+    main()
