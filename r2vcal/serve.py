@@ -223,13 +223,14 @@ async def _post_json(
         if n:
             await asyncio.sleep(up.backoff * 2 ** (n - 1))
         try:
-            status, raw = await asyncio.wait_for(attempt(), timeout=up.timeout)
+            code, raw = await asyncio.wait_for(attempt(), timeout=up.timeout)
         except asyncio.TimeoutError:
             last, status = f"timed out after {up.timeout:g} s", None
         except (aiohttp.ClientError, OSError) as exc:
             last, status = f"{type(exc).__name__}: {exc}", None
         else:
-            if status < 400:
+            status = code
+            if code < 400:
                 try:
                     out = json.loads(raw)
                 except ValueError:
@@ -239,10 +240,10 @@ async def _post_json(
                         return out
                     last = "answer is not a JSON object"
             else:
-                last = f"HTTP {status}: {_error_message(raw.decode(errors='replace'))}"
-                if status not in _RETRY_STATUS:
+                last = f"HTTP {code}: {_error_message(raw.decode(errors='replace'))}"
+                if code not in _RETRY_STATUS:
                     metrics.inc("r2vcal_upstream_errors_total", side=side)
-                    raise _UpstreamError(side, last, status)
+                    raise _UpstreamError(side, last, code)
         metrics.inc("r2vcal_upstream_errors_total", side=side)
     raise _UpstreamError(
         side, f"{last} ({up.max_retries + 1} attempts to {up.url})", status
