@@ -20,8 +20,12 @@ def test_vllm_policy_k_candidates(tmp_path) -> None:
     from pipelines.models import build_tiny_causal_lm
     from pipelines.policies import VLLMPolicy
 
+    # vLLM's CPU attention kernels support head sizes 32..256, not the default 16.
     build_tiny_causal_lm(
-        ["go north", "take the key", "open the door"], save_dir=tmp_path / "tiny"
+        ["go north", "take the key", "open the door"],
+        hidden_size=128,
+        n_heads=2,
+        save_dir=tmp_path / "tiny",
     )
     pol = VLLMPolicy(
         str(tmp_path / "tiny"),
