@@ -13,6 +13,7 @@ Prompt template (:func:`format_prompt`), shared by every later step
 that the SLM is always queried as it was trained::
 
     <initial observation: goal + first room, at most ``max_goal_chars``>
+    Done: <action 1>; <action 2>; ...; <action t-h-1>
     > <action t-h>
     <observation t-h, at most ``max_obs_chars``>
     ...
@@ -20,11 +21,16 @@ that the SLM is always queried as it was trained::
     <observation t-1>
     Action:
 
-and the completion is ``" <action t>"``. Only the last ``history`` turns are
-kept (``h = history``). Runs of spaces and blank lines are collapsed
-(TextWorld pads its status bar with spaces). The goal comes from the
+and the completion is ``" <action t>"``. The last ``n_turns`` turns are shown
+in full (``h = n_turns``); the agent's own earlier actions (at most the last
+``n_actions``) are listed on the ``Done:`` line, so that the SLM can tell how
+far along the goal it is without the long observations. Runs of spaces and
+blank lines are collapsed (TextWorld pads its status bar with spaces), and
+with ``drop_prompt_lines`` the lines an observation starts with ``">"`` (the
+TextWorld command prompt and status bar) are dropped. The goal comes from the
 (possibly perturbed) first observation, so the SLM sees what the environment
-showed, never the true state.
+showed, never the true state. No admissible-command list is shown: the SLM
+has to name the action itself.
 
 When ``model`` is ``None`` a tiny Llama is built from a config with a BPE
 tokenizer trained on the prompts and actions
@@ -45,17 +51,30 @@ from typing import Any
 
 __all__ = [
     "ACTION_CUE",
+    "HISTORY_CUE",
+    "PROMPT_DEFAULTS",
     "BCConfig",
     "build_examples",
     "clean_text",
     "format_prompt",
     "main",
     "make_parser",
+    "prompt_kwargs_of",
     "read_trajectories",
 ]
 
 #: The line that ends every prompt; the completion starts after it.
 ACTION_CUE = "Action:"
+#: The line listing the agent's earlier actions starts with this.
+HISTORY_CUE = "Done:"
+#: Defaults of :func:`format_prompt` (and of every config's prompt fields).
+PROMPT_DEFAULTS: dict[str, Any] = {
+    "n_turns": 1,
+    "n_actions": 20,
+    "max_goal_chars": 700,
+    "max_obs_chars": 120,
+    "drop_prompt_lines": True,
+}
 _SPACES = re.compile(r"[ \t]+")
 _BLANKS = re.compile(r"\n\s*\n+")
 
@@ -85,13 +104,23 @@ def clean_text(text: str, max_chars: int | None = None) -> str:
     return out
 
 
+def _clean_obs(text: str, max_chars: int | None, drop_prompt_lines: bool) -> str:
+    if drop_prompt_lines:
+        text = "\n".join(
+            ln for ln in str(text).split("\n") if not ln.lstrip().startswith(">")
+        )
+    return clean_text(text, max_chars)
+
+
 def format_prompt(
     initial_observation: str,
     history: Sequence[tuple[str, str]] = (),
     *,
-    n_turns: int = 2,
-    max_goal_chars: int = 700,
-    max_obs_chars: int = 200,
+    n_turns: int = PROMPT_DEFAULTS["n_turns"],
+    n_actions: int = PROMPT_DEFAULTS["n_actions"],
+    max_goal_chars: int = PROMPT_DEFAULTS["max_goal_chars"],
+    max_obs_chars: int = PROMPT_DEFAULTS["max_obs_chars"],
+    drop_prompt_lines: bool = PROMPT_DEFAULTS["drop_prompt_lines"],
 ) -> str:
     """The SLM prompt at a step (template in the module docstring).
 
@@ -101,10 +130,16 @@ def format_prompt(
         What ``reset`` returned (goal and first room).
     history : sequence of (action, observation)
         The turns so far, oldest first.
-    n_turns : int, default=2
-        How many of the last turns to show.
-    max_goal_chars, max_obs_chars : int
+    n_turns : int, default=1
+        How many of the last turns to show in full.
+    n_actions : int, default=20
+        How many of the earlier actions (before the turns shown in full) to
+        list on the :data:`HISTORY_CUE` line; ``0`` leaves the line out.
+    max_goal_chars, max_obs_chars : int, default=700, 120
         Character budgets of the first observation and of each later one.
+    drop_prompt_lines : bool, default=True
+        Drop observation lines starting with ``">"`` (TextWorld's command
+        prompt and status bar).
 
     Returns
     -------
@@ -113,21 +148,46 @@ def format_prompt(
 
     Examples
     --------
-    >>> print(format_prompt("Find the key.", [("look", "A room.")]))
+    >>> hist = [("open box", "You open it.\\n>  -= Hall =-  1/3"), ("go east", "A hall.")]
+    >>> print(format_prompt("Find the key.", hist))
     Find the key.
-    > look
-    A room.
+    Done: open box
+    > go east
+    A hall.
     Action:
     """
     if n_turns < 0:
         raise ValueError(f"n_turns must be >= 0; got {n_turns!r}.")
-    parts = [clean_text(initial_observation, max_goal_chars)]
-    shown = list(history)[-n_turns:] if n_turns else []
+    if n_actions < 0:
+        raise ValueError(f"n_actions must be >= 0; got {n_actions!r}.")
+    hist = list(history)
+    shown = hist[-n_turns:] if n_turns else []
+    earlier = hist[: len(hist) - len(shown)]
+    parts = [_clean_obs(initial_observation, max_goal_chars, drop_prompt_lines)]
+    if n_actions and earlier:
+        acts = [clean_text(a) for a, _ in earlier[-n_actions:]]
+        parts.append(f"{HISTORY_CUE} " + "; ".join(acts))
     for action, obs in shown:
         parts.append(f"> {clean_text(action)}")
-        parts.append(clean_text(obs, max_obs_chars))
+        parts.append(_clean_obs(obs, max_obs_chars, drop_prompt_lines))
     parts.append(ACTION_CUE)
     return "\n".join(p for p in parts if p)
+
+
+def prompt_kwargs_of(cfg: Any) -> dict[str, Any]:
+    """The :func:`format_prompt` keyword arguments held by a config object.
+
+    Parameters
+    ----------
+    cfg : dataclass or dict
+        Any config with the fields of :data:`PROMPT_DEFAULTS`.
+
+    Returns
+    -------
+    dict
+    """
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d: getattr(cfg, k, d)
+    return {k: get(k, v) for k, v in PROMPT_DEFAULTS.items()}
 
 
 def read_trajectories(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -162,9 +222,7 @@ def build_examples(
     records: Iterable[dict[str, Any]],
     *,
     only_successful: bool = True,
-    n_turns: int = 2,
-    max_goal_chars: int = 700,
-    max_obs_chars: int = 200,
+    **prompt_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Prompt-completion examples, one per teacher step.
 
@@ -174,8 +232,8 @@ def build_examples(
         Trajectory records (``r2vcal.trajectory/v1``).
     only_successful : bool, default=True
         Skip episodes the teacher did not win.
-    n_turns, max_goal_chars, max_obs_chars
-        See :func:`format_prompt`.
+    **prompt_kwargs
+        Passed to :func:`format_prompt` (``n_turns``, ``n_actions``, ...).
 
     Returns
     -------
@@ -189,13 +247,7 @@ def build_examples(
             continue
         history: list[tuple[str, str]] = []
         for s in rec["steps"]:
-            prompt = format_prompt(
-                rec["initial_observation"],
-                history,
-                n_turns=n_turns,
-                max_goal_chars=max_goal_chars,
-                max_obs_chars=max_obs_chars,
-            )
+            prompt = format_prompt(rec["initial_observation"], history, **prompt_kwargs)
             out.append(
                 {
                     "prompt": prompt,
@@ -226,8 +278,8 @@ class BCConfig:
         Tiny-model dimensions (used when ``model`` is None).
     only_successful : bool
         Clone only won teacher episodes.
-    n_turns, max_goal_chars, max_obs_chars : int
-        Prompt template budgets (:func:`format_prompt`).
+    n_turns, n_actions, max_goal_chars, max_obs_chars, drop_prompt_lines
+        Prompt template (:func:`format_prompt`; defaults :data:`PROMPT_DEFAULTS`).
     max_steps : int
         Optimizer steps.
     batch_size : int
@@ -238,6 +290,8 @@ class BCConfig:
     max_length : int
         Token limit of prompt + completion (TRL ``max_length``).
     logging_steps : int
+    progress : bool
+        Show the trainer's progress bar.
     """
 
     trajectories: list[str] = field(default_factory=list)
@@ -249,9 +303,11 @@ class BCConfig:
     n_heads: int = 4
     max_position_embeddings: int = 1024
     only_successful: bool = True
-    n_turns: int = 2
-    max_goal_chars: int = 700
-    max_obs_chars: int = 200
+    n_turns: int = PROMPT_DEFAULTS["n_turns"]
+    n_actions: int = PROMPT_DEFAULTS["n_actions"]
+    max_goal_chars: int = PROMPT_DEFAULTS["max_goal_chars"]
+    max_obs_chars: int = PROMPT_DEFAULTS["max_obs_chars"]
+    drop_prompt_lines: bool = PROMPT_DEFAULTS["drop_prompt_lines"]
     max_steps: int = 300
     batch_size: int = 8
     learning_rate: float = 2e-3
@@ -259,6 +315,7 @@ class BCConfig:
     seed: int = 0
     max_length: int = 1024
     logging_steps: int = 25
+    progress: bool = False
 
 
 def _sft_args(cfg: BCConfig, **extra: Any) -> Any:
@@ -281,7 +338,7 @@ def _sft_args(cfg: BCConfig, **extra: Any) -> Any:
         max_length=cfg.max_length,
         completion_only_loss=True,
         dataloader_num_workers=0,
-        disable_tqdm=True,
+        disable_tqdm=not cfg.progress,
         **extra,
     )
 
@@ -314,9 +371,7 @@ def main(cfg: BCConfig) -> dict[str, Any]:
     examples = build_examples(
         records,
         only_successful=cfg.only_successful,
-        n_turns=cfg.n_turns,
-        max_goal_chars=cfg.max_goal_chars,
-        max_obs_chars=cfg.max_obs_chars,
+        **prompt_kwargs_of(cfg),
     )
     if not examples:
         raise ValueError(
@@ -416,6 +471,7 @@ def make_parser() -> argparse.ArgumentParser:
         "n_heads",
         "max_position_embeddings",
         "n_turns",
+        "n_actions",
         "max_goal_chars",
         "max_obs_chars",
         "max_steps",

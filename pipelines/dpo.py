@@ -41,7 +41,14 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.bc import build_examples, config_from_args, read_trajectories
+from pipelines.bc import (
+    HISTORY_CUE,
+    PROMPT_DEFAULTS,
+    build_examples,
+    config_from_args,
+    prompt_kwargs_of,
+    read_trajectories,
+)
 
 __all__ = [
     "DPOConfigR2V",
@@ -63,7 +70,7 @@ def _reperturb(prompt: str, seed: int, rate: float) -> str:
     out = []
     key = zlib.crc32(prompt.encode())
     for i, line in enumerate(lines):
-        if line.startswith("> ") or line == lines[-1]:
+        if line.startswith(("> ", HISTORY_CUE)) or line == lines[-1]:
             out.append(line)  # actions and the cue are the agent's own text
             continue
         for k, op in enumerate(ops):
@@ -106,7 +113,7 @@ def build_consistency_pairs(
 
 
 def build_preference_pairs(
-    examples: Sequence[dict[str, Any]], agent: Any
+    examples: Sequence[dict[str, Any]], agent: Any, *, progress: bool = False
 ) -> list[dict[str, Any]]:
     """Verifier-guided preference pairs at teacher contexts.
 
@@ -116,6 +123,8 @@ def build_preference_pairs(
         From :func:`pipelines.bc.build_examples`.
     agent : pipelines.rollout.SLMAgent
         The BC policy with its verifier.
+    progress : bool, default=False
+        Show a progress bar.
 
     Returns
     -------
@@ -123,8 +132,10 @@ def build_preference_pairs(
         ``prompt``, ``chosen``, ``rejected`` (TRL preference format, actions
         with a leading space), ``score_chosen``, ``score_rejected``.
     """
+    from tqdm.auto import tqdm
+
     pairs = []
-    for e in examples:
+    for e in tqdm(examples, desc="dpo pairs", disable=not progress):
         d = agent.decide(e["prompt"])
         texts, scores = d["texts"], np.asarray(d["scores"])
         teacher = e["action"]
@@ -316,7 +327,10 @@ class DPOConfigR2V:
         Cap on the contexts used for preference pairs.
     k, temperature, max_new_tokens : SLM sampling.
     max_steps, batch_size, learning_rate, seed, max_length : training.
-    n_turns, max_goal_chars, max_obs_chars : prompt template (as in BC).
+    n_turns, n_actions, max_goal_chars, max_obs_chars, drop_prompt_lines
+        Prompt template (as in BC).
+    progress : bool
+        Show progress bars (pair building, training).
     """
 
     slm: str = "runs/bc"
@@ -338,9 +352,12 @@ class DPOConfigR2V:
     learning_rate: float = 5e-4
     seed: int = 0
     max_length: int = 1024
-    n_turns: int = 2
-    max_goal_chars: int = 700
-    max_obs_chars: int = 200
+    n_turns: int = PROMPT_DEFAULTS["n_turns"]
+    n_actions: int = PROMPT_DEFAULTS["n_actions"]
+    max_goal_chars: int = PROMPT_DEFAULTS["max_goal_chars"]
+    max_obs_chars: int = PROMPT_DEFAULTS["max_obs_chars"]
+    drop_prompt_lines: bool = PROMPT_DEFAULTS["drop_prompt_lines"]
+    progress: bool = False
 
 
 def main(cfg: DPOConfigR2V) -> dict[str, Any]:
@@ -371,10 +388,7 @@ def main(cfg: DPOConfigR2V) -> dict[str, Any]:
         )
     start = time.perf_counter()
     examples = build_examples(
-        read_trajectories(cfg.trajectories),
-        n_turns=cfg.n_turns,
-        max_goal_chars=cfg.max_goal_chars,
-        max_obs_chars=cfg.max_obs_chars,
+        read_trajectories(cfg.trajectories), **prompt_kwargs_of(cfg)
     )
     rng = np.random.default_rng(cfg.seed)
     if cfg.max_pairs is not None and len(examples) > cfg.max_pairs:
@@ -388,7 +402,7 @@ def main(cfg: DPOConfigR2V) -> dict[str, Any]:
         max_new_tokens=cfg.max_new_tokens,
         seed=cfg.seed,
     )
-    pairs = build_preference_pairs(examples, agent)
+    pairs = build_preference_pairs(examples, agent, progress=cfg.progress)
     if not pairs:
         raise ValueError("no preference pairs: every candidate equals the teacher.")
     cons = build_consistency_pairs(examples, seed=cfg.view_seed, rate=cfg.view_rate)
@@ -412,7 +426,7 @@ def main(cfg: DPOConfigR2V) -> dict[str, Any]:
         report_to=[],
         save_strategy="no",
         logging_steps=max(1, cfg.max_steps // 5),
-        disable_tqdm=True,
+        disable_tqdm=not cfg.progress,
     )
     trainer_cls = _make_trainer_class()
     trainer = trainer_cls(

@@ -46,7 +46,12 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.bc import config_from_args, format_prompt
+from pipelines.bc import (
+    PROMPT_DEFAULTS,
+    config_from_args,
+    format_prompt,
+    prompt_kwargs_of,
+)
 
 __all__ = [
     "RolloutConfig",
@@ -282,11 +287,7 @@ def rollout_episode(cfg: dict[str, Any], task: str, seed: int) -> list[dict[str,
         torch.set_num_threads(1)
     agent = _get_agent(cfg)
     env = _make_env(cfg)
-    pk = {
-        "n_turns": cfg["n_turns"],
-        "max_goal_chars": cfg["max_goal_chars"],
-        "max_obs_chars": cfg["max_obs_chars"],
-    }
+    pk = prompt_kwargs_of(cfg)
     slm_success, steps = play_episode(
         env, agent, task, seed, record=True, prompt_kwargs=pk
     )
@@ -384,11 +385,13 @@ class RolloutConfig:
     counterfactual : bool
         Compute counterfactual labels (one branch per step where the teacher
         disagrees with the SLM).
-    n_turns, max_goal_chars, max_obs_chars : int
+    n_turns, n_actions, max_goal_chars, max_obs_chars, drop_prompt_lines
         Prompt template (must match BC).
     n_jobs : int
     backend : str or None
         ``joblib`` backend (``loky``; ``dask``/``ray`` on a cluster).
+    progress : bool
+        Show a progress bar over episodes.
     """
 
     slm: str = "runs/bc"
@@ -409,11 +412,14 @@ class RolloutConfig:
     sample_seed: int = 0
     label_margin: float = 0.0
     counterfactual: bool = True
-    n_turns: int = 2
-    max_goal_chars: int = 700
-    max_obs_chars: int = 200
+    n_turns: int = PROMPT_DEFAULTS["n_turns"]
+    n_actions: int = PROMPT_DEFAULTS["n_actions"]
+    max_goal_chars: int = PROMPT_DEFAULTS["max_goal_chars"]
+    max_obs_chars: int = PROMPT_DEFAULTS["max_obs_chars"]
+    drop_prompt_lines: bool = PROMPT_DEFAULTS["drop_prompt_lines"]
     n_jobs: int = 1
     backend: str | None = "loky"
+    progress: bool = False
 
 
 def summarize(table: Any, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -468,6 +474,7 @@ def main(cfg: RolloutConfig) -> dict[str, Any]:
     """
     import pandas as pd
     from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
 
     from r2vcal.features import FEATURE_NAMES, CandidateFeaturizer
     from r2vcal.schema import validate_table
@@ -493,13 +500,18 @@ def main(cfg: RolloutConfig) -> dict[str, Any]:
     if not tasks:
         raise ValueError(f"no tasks in split {cfg.split!r}; check env_kwargs n_games.")
     cfg_dict = asdict(cfg)
-    par: dict[str, Any] = {"n_jobs": cfg.n_jobs}
+    par: dict[str, Any] = {"n_jobs": cfg.n_jobs, "return_as": "generator_unordered"}
     if cfg.backend is not None:
         par["backend"] = cfg.backend
-    chunks = Parallel(**par)(
-        delayed(rollout_episode)(cfg_dict, t, s) for t in tasks for s in cfg.seeds
-    )
-    rows = [r for c in chunks for r in c]
+    jobs = [(t, s) for t in tasks for s in cfg.seeds]
+    chunks = Parallel(**par)(delayed(rollout_episode)(cfg_dict, t, s) for t, s in jobs)
+    rows = [
+        r
+        for c in tqdm(chunks, total=len(jobs), desc="rollout", disable=not cfg.progress)
+        for r in c
+    ]
+    order = {job: i for i, job in enumerate(jobs)}
+    rows.sort(key=lambda r: (order[(r["task_id"], r["seed"])], r["step"]))
     df = pd.DataFrame(rows)
     feats = CandidateFeaturizer().fit_transform(df)
     for j, name in enumerate(FEATURE_NAMES):

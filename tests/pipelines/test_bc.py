@@ -2,34 +2,64 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 from _tw_chain import bc_model, summary, trajectories
 
 from pipelines.bc import (
     ACTION_CUE,
+    HISTORY_CUE,
+    PROMPT_DEFAULTS,
     BCConfig,
     build_examples,
     clean_text,
     format_prompt,
     main,
     make_parser,
+    prompt_kwargs_of,
     read_trajectories,
 )
 
 
 def test_prompt_template() -> None:
     hist = [
-        ("open box", "You open the box.\n\n\n>     -= Room =-"),
+        ("open box", "You open the box.\n\n\n>     -= Room =-   1/3"),
         ("go east", "Hall."),
     ]
     p = format_prompt("Goal: win.", hist, n_turns=1)
-    assert p == "Goal: win.\n> go east\nHall.\nAction:"
+    assert p == "Goal: win.\nDone: open box\n> go east\nHall.\nAction:"
     p2 = format_prompt("Goal: win.", hist, n_turns=2)
-    assert "> open box\nYou open the box.\n> -= Room =-" in p2
-    assert p2.endswith(ACTION_CUE)
+    # The TextWorld prompt/status line is dropped; no Done line is left over.
+    assert p2 == "Goal: win.\n> open box\nYou open the box.\n> go east\nHall.\nAction:"
+    p3 = format_prompt(
+        "Goal: win.", hist, n_turns=2, n_actions=0, drop_prompt_lines=False
+    )
+    assert "> open box\nYou open the box.\n> -= Room =- 1/3" in p3
+    many = [(f"go {i}", "ok") for i in range(30)]
+    p4 = format_prompt("g", many, n_turns=1, n_actions=3)
+    assert f"{HISTORY_CUE} go 26; go 27; go 28\n> go 29" in p4
+    assert p4.endswith(ACTION_CUE)
+    assert format_prompt("g", many, n_turns=0, n_actions=0) == "g\nAction:"
     assert clean_text("a" * 50, max_chars=10) == "a" * 10
     with pytest.raises(ValueError, match="n_turns"):
         format_prompt("g", n_turns=-1)
+    with pytest.raises(ValueError, match="n_actions"):
+        format_prompt("g", n_actions=-1)
+
+
+def test_prompt_defaults_shared() -> None:
+    """Every step's config defaults to the same template as format_prompt."""
+    from pipelines.dpo import DPOConfigR2V
+    from pipelines.rollout import RolloutConfig
+    from pipelines.run import RunConfig
+    from pipelines.verifier import VerifierConfig
+
+    sig = inspect.signature(format_prompt).parameters
+    assert {k: sig[k].default for k in PROMPT_DEFAULTS} == PROMPT_DEFAULTS
+    for cls in (BCConfig, VerifierConfig, DPOConfigR2V, RolloutConfig, RunConfig):
+        assert prompt_kwargs_of(cls()) == PROMPT_DEFAULTS, cls
+    assert prompt_kwargs_of({"n_turns": 3})["n_turns"] == 3
 
 
 def test_examples_follow_teacher(tmp_path_factory) -> None:

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from _tw_chain import ENV_KWARGS, FAMILIES, RATE, bc_model, verifier
 
+from pipelines.bc import prompt_kwargs_of
 from pipelines.rollout import RolloutConfig, main, make_parser
 from r2vcal.features import FEATURE_NAMES
 from r2vcal.schema import validate_table
@@ -70,7 +71,7 @@ def test_counterfactual_branch_replays(rolled) -> None:
     df = pd.read_parquet(cfg.out)
     ep = df[df["seed"] == 1000].sort_values("step")
     agent, env = _get_agent(d), _make_env(d)
-    pk = {"n_turns": 2, "max_goal_chars": 700, "max_obs_chars": 200}
+    pk = prompt_kwargs_of(d)
     ok, steps = play_episode(
         env, agent, ep["task_id"].iloc[0], 1000, record=True, prompt_kwargs=pk
     )
