@@ -7,6 +7,7 @@ import pytest
 MODULES = [
     "r2vcal",
     "r2vcal.baselines",
+    "r2vcal.cascade",
     "r2vcal.cli",
     "r2vcal.datasets",
     "r2vcal.features",
@@ -17,6 +18,7 @@ MODULES = [
     "r2vcal.report",
     "r2vcal.router",
     "r2vcal.schema",
+    "r2vcal.serve",
     "r2vcal.thresholds",
 ]
 
