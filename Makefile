@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/r2vcal demo --out runs/demo
+	$(BIN)/python -m pipelines.demo --out runs/demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check r2vcal pipelines tests bench

@@ -22,8 +22,10 @@ Arms:
   shares ``rates`` of that table's steps (:func:`r2vcal.thresholds.budget_threshold`),
   so arms meet at matched escalation rates;
 * ``oracle`` (not deployable): escalates exactly when the SLM's proposed action
-  leads to a state from which the SLM alone fails (found by replaying the
-  seeded episode and letting the SLM finish — hindsight).
+  differs from the teacher's and leads to a state from which the SLM alone
+  fails (found by replaying the seeded episode and letting the SLM finish —
+  hindsight). It reaches the teacher's success with the fewest calls this
+  rule can find.
 
 Reported per arm, with 95 % bootstrap CIs clustered by task: success, LLM-call
 share (escalated steps ÷ steps), cost per episode (``cost_slm`` per step plus
@@ -59,7 +61,7 @@ import pandas as pd
 
 __all__ = ["ClosedLoop", "EvaluateConfig", "main", "make_parser"]
 
-_DEFAULT_RATES = (0.05, 0.1, 0.2, 0.35, 0.5, 0.7)
+_DEFAULT_RATES = (0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
 
 
 @dataclass
@@ -77,7 +79,10 @@ class EvaluateConfig:
     slm, verifier, router_table : str, optional
         Override the run's artifacts.
     label : str
-        Label column of the router table the routers are fitted on.
+        Label column of the router table the routers are fitted on and of the
+        mixed-trajectory rows. ``"auto"``: ``y_counterfactual`` when it holds
+        both classes, else ``y_verifier`` (a weak SLM rarely recovers after one
+        teacher step, so the counterfactual label can be all zeros).
     test_seeds : list of int, optional
         Perturbation seeds of the test episodes (default: the run's).
     n_test_tasks : int, optional
@@ -106,7 +111,7 @@ class EvaluateConfig:
     slm: str | None = None
     verifier: str | None = None
     router_table: str | None = None
-    label: str = "y_counterfactual"
+    label: str = "auto"
     test_seeds: list[int] | None = None
     n_test_tasks: int | None = None
     rates: list[float] = field(default_factory=lambda: list(_DEFAULT_RATES))
@@ -259,8 +264,10 @@ class ClosedLoop:
             self._teacher_now = teacher
             slm_action = self.agent.decide(prompt)["action"] or "look"
             if cascade is None:
-                escalate = teacher is not None and not self.slm_alone(
-                    task, seed, (*actions, slm_action)
+                escalate = (
+                    teacher is not None
+                    and slm_action.strip() != teacher.strip()
+                    and not self.slm_alone(task, seed, (*actions, slm_action))
                 )
                 action = teacher if escalate else slm_action
                 row: dict[str, Any] = {"escalated": escalate, "risk": float(escalate)}
@@ -293,8 +300,15 @@ class ClosedLoop:
             )
             if label and teacher is not None:
                 y, slm_ok, llm_ok = self.label(task, seed, actions, slm_action, teacher)
+                scores = self.agent.decide(prompt)["scores"]
+                v_teacher = float(
+                    self.agent.verifier.score_candidates(prompt, [teacher])[0]
+                )
                 row.update(
-                    y_counterfactual=y, slm_step_success=slm_ok, llm_step_success=llm_ok
+                    y_counterfactual=y,
+                    y_verifier=int(v_teacher > max(scores)),
+                    slm_step_success=slm_ok,
+                    llm_step_success=llm_ok,
                 )
             rows.append(row)
             if self._dirty:  # a hindsight replay moved the env: replay our prefix
@@ -374,10 +388,12 @@ def share_at_success(table: pd.DataFrame, router: str, target: float) -> float:
     return float(rows["llm_share"].min()) if len(rows) else float("nan")
 
 
-def _calibration(frame: pd.DataFrame, prob: np.ndarray) -> dict[str, float]:
+def _calibration(
+    frame: pd.DataFrame, prob: np.ndarray, label: str = "y_counterfactual"
+) -> dict[str, float]:
     from r2vcal.metrics import expected_calibration_error
 
-    y = frame["y_counterfactual"].to_numpy(float)
+    y = frame[label].to_numpy(float)
     brier = (prob - y) ** 2
     per_seed = pd.Series(brier).groupby(frame["seed"].to_numpy()).mean()
     return {
@@ -440,7 +456,10 @@ def plot_frontier(table: pd.DataFrame, path: Path) -> None:
 
 
 def plot_mixed_reliability(
-    frame: pd.DataFrame, probs: dict[str, np.ndarray], path: Path
+    frame: pd.DataFrame,
+    probs: dict[str, np.ndarray],
+    path: Path,
+    label: str = "y_counterfactual",
 ) -> None:
     """Reliability diagrams on held-out mixed trajectories, before/after."""
     import matplotlib
@@ -451,7 +470,7 @@ def plot_mixed_reliability(
     from r2vcal.plotting import ReliabilityDisplay
 
     fig, ax = plt.subplots(figsize=(5.2, 5.0))
-    y = frame["y_counterfactual"].to_numpy()
+    y = frame[label].to_numpy()
     for name, p in probs.items():
         ReliabilityDisplay.from_predictions(y, p, n_bins=8, name=name, ax=ax)
     ax.set_title("Mixed trajectories (router in the loop), held out")
@@ -477,6 +496,17 @@ class _Coin:
     def predict_proba(self, X: Any) -> np.ndarray:
         u = self._rng.random(len(X))
         return np.column_stack([1.0 - u, u])
+
+
+def resolve_label(table: pd.DataFrame, label: str = "auto") -> str:
+    """The label column to fit on (``"auto"``: see :class:`EvaluateConfig`)."""
+    if label != "auto":
+        if label not in table:
+            raise ValueError(f"The router table has no label column {label!r}.")
+        return label
+    if table["y_counterfactual"].astype(int).nunique() == 2:
+        return "y_counterfactual"
+    return "y_verifier"
 
 
 def _fit_routers(
@@ -562,10 +592,17 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
             make_env(env_name, **env_kwargs), ops, max_steps=run["max_steps"]
         )
 
-    agent = SLMAgent(art["slm"], art["verifier"], k=int(run["k"]))
+    agent = SLMAgent(
+        art["slm"],
+        art["verifier"],
+        k=int(run["k"]),
+        temperature=float(run.get("temperature", 1.0)),
+        max_new_tokens=int(run.get("max_new_tokens", 12)),
+    )
     loop = ClosedLoop(agent, new_env, run.get("prompt_kwargs"))
     table = pd.read_parquet(art["router_table"])
-    routers = _fit_routers(table, cfg.label, cfg)
+    label = resolve_label(table, cfg.label)
+    routers = _fit_routers(table, label, cfg)
     from r2vcal.features import FEATURE_NAMES
 
     X_table = table[list(FEATURE_NAMES)]
@@ -677,6 +714,10 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         "config": asdict(cfg),
         "tasks": tasks,
         "seeds": seeds,
+        "label": label,
+        "label_rates": {
+            c: float(table[c].mean()) for c in ("y_counterfactual", "y_verifier")
+        },
         "headline": headline,
         "agent_decisions": len(agent._memo),
     }
@@ -685,7 +726,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
 
     if cfg.dagger_rounds > 0:
         summary["mixed"] = _dagger(
-            cfg, loop, routers["cvar_brier"], table, tasks, seeds, cascade, out
+            cfg, loop, routers["cvar_brier"], table, tasks, seeds, cascade, out, label
         )
     summary["seconds"] = round(time.perf_counter() - start, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -720,6 +761,7 @@ def _dagger(
     test_seeds: list[int],
     cascade: Callable[..., Any],
     out: Path,
+    label: str,
 ) -> dict[str, Any]:
     from sklearn.base import clone
 
@@ -736,9 +778,8 @@ def _dagger(
     )
     held.to_parquet(out / "mixed_test.parquet", index=False)
     train_tasks = sorted(table["task_id"].unique())
-    # The table's rows keep the label the routers were fitted on; mixed rows
-    # carry the counterfactual label (the same one by default).
-    data = table[[*feats, "seed"]].assign(y_counterfactual=table[cfg.label].astype(int))
+    # Mixed rows get the same label as the table's (both are computed per step).
+    data = table[[*feats, "seed", label]].copy()
     router = router0
     probs = {"SLM-only trained": router0.predict_proba(held[feats])[:, 1]}
     rounds = []
@@ -752,28 +793,27 @@ def _dagger(
             f"mixed (round {k + 1})",
             cfg.progress,
         )
-        data = pd.concat(
-            [data, mixed[[*feats, "y_counterfactual", "seed"]]], ignore_index=True
-        )
+        data = pd.concat([data, mixed[[*feats, "seed", label]]], ignore_index=True)
         router = clone(router0).fit(
             data[feats],
-            data["y_counterfactual"].astype(int),
+            data[label].astype(int),
             groups=data["seed"].to_numpy(),
         )
         rounds.append(
             {
                 "round": k + 1,
                 "rows_added": len(mixed),
-                "positives_added": int(mixed["y_counterfactual"].sum()),
+                "positives_added": int(mixed[label].sum()),
             }
         )
     probs[f"after {cfg.dagger_rounds} round(s)"] = router.predict_proba(held[feats])[
         :, 1
     ]
-    before, after = (_calibration(held, p) for p in probs.values())
-    plot_mixed_reliability(held, probs, out / "mixed_reliability.png")
+    before, after = (_calibration(held, p, label) for p in probs.values())
+    plot_mixed_reliability(held, probs, out / "mixed_reliability.png", label)
     return {
         "held_out": {"tasks": test_tasks, "seeds": test_seeds},
+        "label": label,
         "rounds": rounds,
         "before": before,
         "after": after,
@@ -795,7 +835,10 @@ def write_markdown(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Pat
         "# Closed-loop evaluation",
         "",
         f"Held-out tasks: {len(summary['tasks'])}; perturbation seeds: {summary['seeds']}. "
-        "Escalated steps are re-executed by the teacher; success is the environment's.",
+        "Escalated steps are re-executed by the teacher; success is the environment's. "
+        f"Routers fitted on label `{summary['label']}` (router-table rates: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in summary["label_rates"].items())
+        + ").",
         "",
         f"- teacher-only success {_fmt(h['teacher_only_success'])}, "
         f"SLM-only {_fmt(h['slm_only_success'])}",

@@ -34,6 +34,7 @@ def run_dir(tmp_path_factory):
     table["y_counterfactual"] = (
         table["entropy_mean"] + rng.normal(0, 0.2, n) > 0.6
     ).astype(int)
+    table["y_verifier"] = (table["verifier_max"] < 0.4).astype(int)
     table["task_id"] = rng.choice(["simple-0", "simple-1"], n)
     table["seed"] = rng.integers(500, 503, n)
     table.to_parquet(d / "router_table.parquet")
@@ -85,6 +86,9 @@ def test_oracle_and_replay_agree_with_closed_loop_episodes(run_dir):
     if ep_slm["success"]:
         assert ep_or["llm_calls"] == 0
     assert all(r["action"] == r["teacher_action"] for r in rows_or if r["escalated"])
+    assert all(
+        r["slm_action"] != r["teacher_action"] for r in rows_or if r["escalated"]
+    )
 
 
 def _never(loop):

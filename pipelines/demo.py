@@ -1,0 +1,270 @@
+"""The whole R2V recipe end to end, at laptop scale: what ``make demo`` runs.
+
+Usage::
+
+    python -m pipelines.demo --out runs/demo
+
+1. :mod:`pipelines.run` — TextWorld games, teacher trajectories under
+   perturbation seeds, BC → verifier → DPO, rollouts of the frozen SLM into
+   trajectory-feature tables (a router table on other games, a test table);
+2. an offline router report on the test table (:func:`r2vcal.report.write_report`:
+   reliability diagrams, offline frontier, per-seed table) for
+   :class:`r2vcal.CVaRBrierRouter` and the baselines, fitted on the router table;
+3. :mod:`pipelines.evaluate` — every router in closed loop on the held-out games
+   and seeds, the hindsight oracle, and a round of retraining on mixed
+   trajectories;
+4. ``<out>/report.md`` and ``report.html`` tying the three together.
+
+``--ship DIR`` copies the two trajectory-feature tables (with a summary) into
+``DIR`` — how ``datasets/textworld_tiny`` was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DemoConfig", "main", "make_parser"]
+
+
+@dataclass
+class DemoConfig:
+    """End-to-end demo settings.
+
+    Parameters
+    ----------
+    out : str
+        Output folder.
+    n_jobs : int
+        Workers of the chain's parallel stages.
+    dagger_rounds : int
+        Mixed-trajectory retraining rounds of the evaluation.
+    n_resamples : int
+        Bootstrap resamples of the reports.
+    ship : str or None
+        Copy the trajectory-feature tables there (see module docstring).
+    reuse_chain : bool
+        Skip stage 1 when ``<out>/chain`` holds a finished run.
+    """
+
+    out: str = "runs/demo"
+    n_jobs: int = 1
+    dagger_rounds: int = 1
+    n_resamples: int = 500
+    ship: str | None = None
+    reuse_chain: bool = False
+
+
+def _offline_report(run: dict[str, Any], out: Path, n_resamples: int) -> dict[str, Any]:
+    import pandas as pd
+
+    from pipelines.evaluate import resolve_label
+    from r2vcal import CVaRBrierRouter, EntropyRouter, VerifierRouter
+    from r2vcal.features import FEATURE_NAMES
+    from r2vcal.report import write_report
+
+    feats = list(FEATURE_NAMES)
+    train = pd.read_parquet(run["artifacts"]["router_table"])
+    test = pd.read_parquet(run["artifacts"]["test_table"])
+    label = resolve_label(train)
+    y = train[label].astype(int)
+    routers = {
+        "CVaRBrierRouter": CVaRBrierRouter(random_state=0).fit(
+            train[feats], y, groups=train["seed"]
+        ),
+        "cvar_weight=0": CVaRBrierRouter(cvar_weight=0.0, random_state=0).fit(
+            train[feats], y, groups=train["seed"]
+        ),
+        "entropy": EntropyRouter().fit(train[feats], y),
+        "verifier": VerifierRouter().fit(train[feats], y),
+    }
+    write_report(
+        out,
+        routers,
+        test[feats],
+        test[label].astype(int),
+        groups=test["seed"].to_numpy(),
+        slm_success=test["slm_step_success"].astype(bool).to_numpy(),
+        llm_success=test["llm_step_success"].astype(bool).to_numpy(),
+        reference="entropy",
+        title="Offline router report: TextWorld test table (SLM-only rollouts)",
+        notes=[
+            f"fitted on {run['artifacts']['router_table']} ({len(train)} steps)",
+            f"evaluated on {run['artifacts']['test_table']} ({len(test)} steps), "
+            "held-out games and perturbation seeds",
+            f"label: {label} (y_counterfactual: teacher at t, then the SLM, "
+            "succeeds while the SLM alone fails; y_verifier: the verifier scores the "
+            "teacher's action above every SLM candidate; the counterfactual label "
+            "is used when it holds both classes)",
+        ],
+        n_resamples=n_resamples,
+    )
+    return {
+        "label": label,
+        "train_rows": len(train),
+        "train_positive_rate": float(y.mean()),
+        "test_rows": len(test),
+        "test_positive_rate": float(test[label].mean()),
+    }
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.3f}"
+    return "—" if x is None else str(x)
+
+
+def _index(out: Path, summary: dict[str, Any]) -> None:
+    chain = summary["chain"]
+    ev = summary["evaluate"]
+    h = ev["headline"]
+    lines = [
+        "# r2vcal demo: the R2V recipe on TextWorld, end to end",
+        "",
+        f"Total wall time {summary['seconds']['total']:.0f} s "
+        + "("
+        + ", ".join(
+            f"{k} {v:.0f} s" for k, v in summary["seconds"].items() if k != "total"
+        )
+        + ").",
+        "",
+        "## Chain",
+        "",
+        "Stage wall times (s): "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in chain.get("seconds", {}).items()),
+        "",
+    ]
+    names = {"bc": "BC SLM", "bc_dpo": "BC+DPO SLM", "teacher": "teacher"}
+    for key, name in names.items():
+        v = (chain.get("success") or {}).get(key)
+        if isinstance(v, dict):
+            ci = v.get("ci") or v.get("ci_episodes") or [None, None]
+            lines.append(
+                f"- {name}: success {_fmt(v['rate'])} [{_fmt(ci[0])}, {_fmt(ci[1])}] "
+                f"on {v['n_episodes']} test episodes ({v['n_games']} games)"
+            )
+    lines += [
+        "",
+        "## Closed loop (held-out games × held-out perturbation seeds)",
+        "",
+        f"- teacher-only success {_fmt(h['teacher_only_success'])}; SLM-only "
+        f"{_fmt(h['slm_only_success'])}",
+        "- LLM-call share to reach the teacher's success (within 2 points): "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in h["share_at_target"].items()),
+        f"- CVaR-Brier ÷ entropy router share: {_fmt(h['cvar_over_entropy_share'])} "
+        "(paper's claim: ≤ 0.5)",
+    ]
+    if "mixed" in ev:
+        m = ev["mixed"]
+        lines.append(
+            f"- mixed trajectories: ECE {_fmt(m['before']['ece'])} → "
+            f"{_fmt(m['after']['ece'])}, worst-seed Brier "
+            f"{_fmt(m['before']['worst_seed_brier'])} → "
+            f"{_fmt(m['after']['worst_seed_brier'])} after retraining"
+        )
+    lines += [
+        "",
+        "![closed-loop frontier](evaluate/frontier.png)",
+        "",
+        "Details: [closed loop](evaluate/report.md), "
+        "[offline router report](offline/report.md), "
+        "[chain summary](chain/run_summary.json).",
+    ]
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    items = [html.escape(x[2:]) for x in lines if x.startswith("- ")]
+    page = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>r2vcal demo</title>",
+        "</head><body><h1>r2vcal demo: the R2V recipe on TextWorld</h1>",
+        f"<p>{html.escape(lines[2])}</p><ul>",
+        *[f"<li>{x}</li>" for x in items],
+        "</ul><img src='evaluate/frontier.png' alt='frontier'>",
+        "<img src='evaluate/mixed_reliability.png' alt='mixed reliability'>",
+        "<img src='offline/reliability.png' alt='reliability'>",
+        "<p><a href='evaluate/report.html'>closed loop</a> · "
+        "<a href='offline/report.html'>offline router report</a></p>",
+        "</body></html>",
+    ]
+    (out / "report.html").write_text("\n".join(page))
+
+
+def main(cfg: DemoConfig) -> dict[str, Any]:
+    """Run the chain, the offline report and the closed-loop evaluation."""
+    from pipelines import evaluate, run
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    print("[demo 1/3] chain: games, teacher trajectories, BC, verifier, DPO, rollouts")
+    done = out / "chain" / "run_summary.json"
+    prior = json.loads(done.read_text()) if done.is_file() else {}
+    if cfg.reuse_chain and "total_seconds" in prior:
+        print("  reusing", done)
+        chain = prior
+    else:
+        chain = run.main(run.RunConfig(out=str(out / "chain"), n_jobs=cfg.n_jobs))
+    seconds["chain"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    print("[demo 2/3] offline router report on the test table")
+    offline = _offline_report(chain, out / "offline", cfg.n_resamples)
+    seconds["offline_report"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    print("[demo 3/3] closed-loop evaluation and retraining on mixed trajectories")
+    ev = evaluate.main(
+        evaluate.EvaluateConfig(
+            run=str(out / "chain"),
+            out=str(out / "evaluate"),
+            dagger_rounds=cfg.dagger_rounds,
+            n_resamples=cfg.n_resamples,
+        )
+    )
+    seconds["evaluate"] = time.perf_counter() - t2
+    seconds["total"] = time.perf_counter() - t0
+    summary = {
+        "config": asdict(cfg),
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "chain": chain,
+        "offline": offline,
+        "evaluate": ev,
+    }
+    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    _index(out, summary)
+    if cfg.ship:
+        ship(chain, Path(cfg.ship))
+    print(f"report: {out / 'report.html'}")
+    return summary
+
+
+def ship(chain: dict[str, Any], dest: Path) -> None:
+    """Copy the router and test tables and the chain summary to ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    art = chain["artifacts"]
+    shutil.copyfile(art["router_table"], dest / "textworld_tiny_router.parquet")
+    shutil.copyfile(art["test_table"], dest / "textworld_tiny_test.parquet")
+    keep = {k: v for k, v in chain.items() if k != "artifacts"}
+    (dest / "chain_summary.json").write_text(json.dumps(keep, indent=2, default=str))
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """Command-line parser mirroring :class:`DemoConfig`."""
+    p = argparse.ArgumentParser(description="The R2V recipe end to end (make demo).")
+    p.add_argument("--out", default=None)
+    p.add_argument("--n-jobs", type=int, default=None)
+    p.add_argument("--dagger-rounds", type=int, default=None)
+    p.add_argument("--n-resamples", type=int, default=None)
+    p.add_argument("--ship", default=None)
+    p.add_argument("--reuse-chain", action="store_true", default=None)
+    return p
+
+
+if __name__ == "__main__":
+    from pipelines.bc import config_from_args
+
+    main(config_from_args(make_parser().parse_args(), DemoConfig))
