@@ -13,9 +13,9 @@ Loss, continuing from the BC policy (DESIGN §1):
   the NLL of the chosen action).
 * Preference pairs (:func:`build_preference_pairs`): at the (perturbed) teacher
   contexts of the trajectories, the BC policy samples ``k`` candidates, the
-  verifier scores them; ``a⁺`` is the teacher's action (or the best candidate
-  when the verifier scores it at least as high and it differs from every
-  rejected one), ``a⁻`` the lowest-scored candidate different from ``a⁺``.
+  verifier scores them; ``a⁺`` is the teacher's action (with
+  ``prefer_teacher=False``: the best candidate when the verifier scores it at
+  least as high), ``a⁻`` the lowest-scored candidate different from ``a⁺``.
 * ``L_cons`` (:class:`ConsistencyDPOTrainer`, a small subclass overriding
   ``compute_loss``): ``JSD(π(·|x^z) ‖ π(·|x^z′))`` between the policy's
   next-token distributions along the teacher action under two perturbed views
@@ -113,7 +113,11 @@ def build_consistency_pairs(
 
 
 def build_preference_pairs(
-    examples: Sequence[dict[str, Any]], agent: Any, *, progress: bool = False
+    examples: Sequence[dict[str, Any]],
+    agent: Any,
+    *,
+    prefer_teacher: bool = True,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Verifier-guided preference pairs at teacher contexts.
 
@@ -123,6 +127,11 @@ def build_preference_pairs(
         From :func:`pipelines.bc.build_examples`.
     agent : pipelines.rollout.SLMAgent
         The BC policy with its verifier.
+    prefer_teacher : bool, default=True
+        ``a⁺`` is always the teacher's action. When False, a candidate the
+        verifier scores at least as high as the teacher's action (and that
+        differs from it) becomes ``a⁺`` instead — only sensible with a strong
+        verifier: with a weak one it teaches the SLM the verifier's mistakes.
     progress : bool, default=False
         Show a progress bar.
 
@@ -142,7 +151,12 @@ def build_preference_pairs(
         v_teacher = float(agent.verifier.score_candidates(e["prompt"], [teacher])[0])
         best = int(np.argmax(scores))
         chosen, s_chosen = teacher, v_teacher
-        if scores[best] >= v_teacher and texts[best] and texts[best] != teacher:
+        if (
+            not prefer_teacher
+            and scores[best] >= v_teacher
+            and texts[best]
+            and texts[best] != teacher
+        ):
             chosen, s_chosen = texts[best], float(scores[best])
         order = np.argsort(scores)
         rej = [i for i in order if texts[i] != chosen and texts[i] != teacher]
@@ -325,6 +339,8 @@ class DPOConfigR2V:
         Operator rate of the second views.
     max_pairs : int or None
         Cap on the contexts used for preference pairs.
+    prefer_teacher : bool
+        ``a⁺`` is always the teacher's action (see :func:`build_preference_pairs`).
     k, temperature, max_new_tokens : SLM sampling.
     max_steps, batch_size, learning_rate, seed, max_length : training.
     n_turns, n_actions, max_goal_chars, max_obs_chars, drop_prompt_lines
@@ -344,8 +360,9 @@ class DPOConfigR2V:
     view_seed: int = 1
     view_rate: float = 0.5
     max_pairs: int | None = 256
+    prefer_teacher: bool = True
     k: int = 5
-    temperature: float = 1.0
+    temperature: float = 0.5
     max_new_tokens: int = 12
     max_steps: int = 50
     batch_size: int = 4
@@ -402,7 +419,9 @@ def main(cfg: DPOConfigR2V) -> dict[str, Any]:
         max_new_tokens=cfg.max_new_tokens,
         seed=cfg.seed,
     )
-    pairs = build_preference_pairs(examples, agent, progress=cfg.progress)
+    pairs = build_preference_pairs(
+        examples, agent, prefer_teacher=cfg.prefer_teacher, progress=cfg.progress
+    )
     if not pairs:
         raise ValueError("no preference pairs: every candidate equals the teacher.")
     cons = build_consistency_pairs(examples, seed=cfg.view_seed, rate=cfg.view_rate)

@@ -76,7 +76,7 @@ class SLMAgent:
     verifier : str
         Directory of a saved :class:`pipelines.verifier.Verifier`.
     k : int, default=5
-    temperature : float, default=1.0
+    temperature : float, default=0.5
     max_new_tokens : int, default=12
     seed : int, default=0
         Sampling seed (re-applied on every call).
@@ -88,7 +88,7 @@ class SLMAgent:
         verifier: str,
         *,
         k: int = 5,
-        temperature: float = 1.0,
+        temperature: float = 0.5,
         max_new_tokens: int = 12,
         seed: int = 0,
     ) -> None:
@@ -407,7 +407,7 @@ class RolloutConfig:
     rate: float = 0.05
     max_steps: int | None = None
     k: int = 5
-    temperature: float = 1.0
+    temperature: float = 0.5
     max_new_tokens: int = 12
     sample_seed: int = 0
     label_margin: float = 0.0

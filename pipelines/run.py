@@ -80,9 +80,11 @@ class RunConfig:
     noise_rate : float
         Teacher noise while collecting (a random admissible command with this
         probability; the teacher then recovers), so that BC sees recoveries
-        from off-plan states (DART-style). Only won episodes are cloned.
-    collect_max_steps : int
-        Step limit of the collected (noisy) teacher episodes.
+        from off-plan states (DART-style; the noisy actions are cloned too).
+        Only won episodes are cloned.
+    collect_max_steps : int or None
+        Step limit of the collected (noisy) teacher episodes (default
+        ``max_steps``); rollouts always stop at ``max_steps``.
     bc_steps, bc_batch_size : int
         BC optimizer steps and batch size.
     bc_learning_rate : float
@@ -117,31 +119,31 @@ class RunConfig:
     kind: str = "simple"
     settings: dict[str, Any] | None = None
     n_train: int = 40
-    n_router: int = 4
-    n_test: int = 6
+    n_router: int = 3
+    n_test: int = 5
     n_train_seeds: int = 3
-    n_router_seeds: int = 3
+    n_router_seeds: int = 2
     n_test_seeds: int = 3
     families: list[str] = field(default_factory=lambda: ["all"])
     rate: float = 0.05
     max_steps: int = 15
-    noise_rate: float = 0.15
-    collect_max_steps: int = 25
+    noise_rate: float = 0.0
+    collect_max_steps: int | None = None
     bc_steps: int = 600
     bc_batch_size: int = 8
     bc_learning_rate: float = 2e-3
     hidden_size: int = 128
     n_layers: int = 2
     vocab_size: int = 1024
-    verifier_contexts: int = 300
+    verifier_contexts: int = 200
     dpo: bool = True
-    dpo_steps: int = 40
-    dpo_max_pairs: int = 160
+    dpo_steps: int = 30
+    dpo_max_pairs: int = 96
     dpo_learning_rate: float = 2e-4
     dpo_weight: float = 1.0
     consistency_weight: float = 1.0
     k: int = 5
-    temperature: float = 1.0
+    temperature: float = 0.5
     max_new_tokens: int = 12
     n_turns: int = PROMPT_DEFAULTS["n_turns"]
     n_actions: int = PROMPT_DEFAULTS["n_actions"]
@@ -246,15 +248,17 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    env_kwargs = {
-        "kind": "simple",
+    env_kwargs: dict[str, Any] = {
+        "kind": cfg.kind,
         "n_games": {
             "train": cfg.n_train,
             "validation": cfg.n_router,
             "test": cfg.n_test,
         },
-        "max_steps": cfg.max_steps,
+        "max_steps": max(cfg.max_steps, cfg.collect_max_steps or 0),
     }
+    if cfg.settings is not None:
+        env_kwargs["settings"] = dict(cfg.settings)
     pk = prompt_kwargs_of(cfg)
     router_seeds = [_ROUTER_SEED0 + i for i in range(cfg.n_router_seeds)]
     test_seeds = [_TEST_SEED0 + i for i in range(cfg.n_test_seeds)]
@@ -327,7 +331,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
             families=list(cfg.families),
             rate=cfg.rate,
             noise_rate=cfg.noise_rate,
-            max_steps=cfg.collect_max_steps,
+            max_steps=cfg.collect_max_steps or cfg.max_steps,
             n_jobs=1,
             backend=None,
             progress=cfg.verbose,

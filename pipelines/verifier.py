@@ -55,6 +55,7 @@ import numpy as np
 
 from pipelines.bc import (
     ACTION_CUE,
+    HISTORY_CUE,
     PROMPT_DEFAULTS,
     build_examples,
     config_from_args,
@@ -80,6 +81,17 @@ _STOP = frozenset({"the", "a", "an", "to", "from", "with", "on", "in", "into", "
 
 def _words(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
+
+
+def _taken(prompt: str) -> set[str]:
+    """Actions the prompt shows as already taken (``Done:`` line and turns)."""
+    out: set[str] = set()
+    for line in prompt.split("\n"):
+        if line.startswith("> "):
+            out.add(line[2:].strip())
+        elif line.startswith(HISTORY_CUE):
+            out.update(a.strip() for a in line[len(HISTORY_CUE) :].split(";"))
+    return out
 
 
 def _split_prompt(prompt: str, goal_chars: int, recent_chars: int) -> tuple[str, str]:
@@ -215,7 +227,7 @@ class Verifier:
             if aw:
                 lex[i, 0] = len(aw & _words(g)) / len(aw)
                 lex[i, 1] = len(aw & _words(r)) / len(aw)
-            lex[i, 2] = float(f"> {a}\n" in p)
+            lex[i, 2] = float(a in _taken(p))
         cos = np.stack([(eg * ea).sum(1), (er * ea).sum(1)], axis=1)
         return np.hstack([eg * ea, er * ea, ea, cos, lex]).astype(np.float64)
 
@@ -467,7 +479,7 @@ class VerifierConfig:
     slm: str | None = None
     slm_k: int = 5
     slm_max_contexts: int | None = 300
-    slm_temperature: float = 1.0
+    slm_temperature: float = 0.5
     slm_max_new_tokens: int = 12
     test_fraction: float = 0.3
     refit_full: bool = True
@@ -496,15 +508,18 @@ def _held_out_metrics(
     both = len(set(y.tolist())) == 2
     out["auroc"] = float(roc_auc_score(y, p)) if both else float("nan")
     if both:
-        ci = bootstrap_ci(
-            lambda a, b: roc_auc_score(a, b) if len(set(a)) == 2 else np.nan,
-            y,
-            p,
-            groups=groups if len(set(groups)) > 1 else None,
-            n_resamples=300,
-            random_state=seed,
-        )
-        out["auroc_ci"] = [float(ci.low), float(ci.high)]
+        try:
+            ci = bootstrap_ci(
+                lambda a, b: roc_auc_score(a, b) if len(set(a)) == 2 else np.nan,
+                y,
+                p,
+                groups=groups if len(set(groups)) > 1 else None,
+                n_resamples=300,
+                random_state=seed,
+            )
+            out["auroc_ci"] = [float(ci.low), float(ci.high)]
+        except ValueError:  # some resamples hold a single class (tiny data)
+            out["auroc_ci"] = None
     out["ece"] = float(expected_calibration_error(y, p, n_bins=n_bins))
     out["brier"] = float(brier_score_loss(y, p))
     return out

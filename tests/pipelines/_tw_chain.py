@@ -82,7 +82,7 @@ def bc_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def verifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The MiniLM verifier fitted on the tiny trajectories."""
+    """The MiniLM verifier fitted on the tiny trajectories + BC SLM candidates."""
     pytest.importorskip("sentence_transformers")
     from pipelines.verifier import VerifierConfig
     from pipelines.verifier import main as fit_verifier
@@ -91,7 +91,12 @@ def verifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (out / "verifier_summary.json").is_file():
         fit_verifier(
             VerifierConfig(
-                trajectories=[str(trajectories(tmp_path_factory))], output_dir=str(out)
+                trajectories=[str(trajectories(tmp_path_factory))],
+                output_dir=str(out),
+                slm=str(bc_model(tmp_path_factory)),
+                slm_k=3,
+                slm_max_contexts=24,
+                slm_max_new_tokens=8,
             )
         )
     return out

@@ -19,6 +19,8 @@ pytest.importorskip("trl")
 def run(tmp_path_factory):
     cfg = RunConfig(
         out=str(tmp_path_factory.mktemp("run")),
+        kind="custom",  # two-step quests: short episodes
+        settings={"world_size": 2, "nb_objects": 4, "quest_length": 2},
         n_train=2,
         n_router=1,
         n_test=1,
