@@ -12,13 +12,18 @@ Steps (DESIGN §1), each timed and logged:
 3. ``verifier``: the MiniLM verifier, with hard negatives sampled from the BC
    SLM at the teacher's states (:mod:`pipelines.verifier`).
 4. ``dpo``: verifier-guided DPO + BC + consistency, continuing from the BC
-   policy (:mod:`pipelines.dpo`). **BC+DPO is the frozen SLM.**
-5. ``rollout_router``: the frozen SLM on the validation games under seeds
+   policy (:mod:`pipelines.dpo`).
+5. ``select_bc`` / ``select_dpo``: both policies on the validation games
+   (no labels). **BC+DPO is the frozen SLM** unless BC wins more of those
+   episodes (model selection, never on the test games; ``selection`` in the
+   summary says which).
+6. ``rollout_router``: the frozen SLM on the validation games under seeds
    ``500 + i`` into ``rollout_router.parquet`` (for fitting routers).
-6. ``rollout_test``: the frozen SLM on the test games under seeds never used
+7. ``rollout_test``: the frozen SLM on the test games under seeds never used
    before (``1000 + i``) into ``rollout_test.parquet``.
-7. ``rollout_test_bc``: the BC SLM on the same test episodes, without labels,
-   so that BC and BC+DPO are compared on the same episodes.
+8. ``rollout_test_other``: the policy not frozen on the same test episodes,
+   without labels, so that BC and BC+DPO are compared on the same episodes
+   (``bc_test_table`` / ``dpo_test_table`` point at the right files).
 
 ``<out>/run_summary.json`` holds what later steps need —
 ``artifacts`` (``slm``, ``bc``, ``dpo``, ``verifier``, ``router_table``,
@@ -413,6 +418,38 @@ def main(cfg: RunConfig) -> dict[str, Any]:
         )
 
     art = summary["artifacts"]
+    other: Path | None = None
+    if cfg.dpo:
+        # Model selection on the validation games (never the test games): the
+        # recipe's BC+DPO policy is kept unless it wins fewer episodes than BC.
+        rates = {}
+        for name in ("bc", "dpo"):
+            path = str(out / f"select_{name}.parquet")
+            timed(
+                f"select_{name}",
+                roll,
+                out / name,
+                "validation",
+                router_seeds,
+                path,
+                False,
+            )
+            rates[name] = float(
+                pd.read_parquet(path)
+                .groupby("episode_id")["slm_success"]
+                .first()
+                .mean()
+            )
+        chosen = "dpo" if rates["dpo"] >= rates["bc"] else "bc"
+        slm_dir, other = out / chosen, out / ("bc" if chosen == "dpo" else "dpo")
+        art["slm"] = str(slm_dir)
+        summary["selection"] = {
+            "validation_success": rates,
+            "frozen_slm": chosen,
+            "rule": "BC+DPO unless BC wins more validation episodes",
+        }
+        save()
+        log(f"frozen SLM: {chosen} (validation success {rates})")
     timed(
         "rollout_router",
         roll,
@@ -423,15 +460,22 @@ def main(cfg: RunConfig) -> dict[str, Any]:
         True,
     )
     timed("rollout_test", roll, slm_dir, "test", test_seeds, art["test_table"], True)
-    if cfg.dpo:
+    if other is not None:
+        art["other_test_table"] = str(out / "rollout_test_other.parquet")
         timed(
-            "rollout_test_bc",
+            "rollout_test_other",
             roll,
-            out / "bc",
+            other,
             "test",
             test_seeds,
-            art["bc_test_table"],
+            art["other_test_table"],
             False,
+        )
+        art["bc_test_table"] = (
+            art["other_test_table"] if other.name == "bc" else art["test_table"]
+        )
+        art["dpo_test_table"] = (
+            art["other_test_table"] if other.name == "dpo" else art["test_table"]
         )
     else:
         art["bc_test_table"] = art["test_table"]
@@ -450,7 +494,9 @@ def main(cfg: RunConfig) -> dict[str, Any]:
         "router_table_teacher": success_summary(router, "teacher_success", **kw),
     }
     if cfg.dpo:
-        summary["success"]["bc_dpo"] = summary["success"]["slm"]
+        summary["success"]["bc_dpo"] = success_summary(
+            pd.read_parquet(art["dpo_test_table"]), **kw
+        )
     summary["labels"] = {"router": _label_summary(router), "test": _label_summary(test)}
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     save()

@@ -50,7 +50,13 @@ def test_summary_contract(run) -> None:
     # The keys pipelines.evaluate / pipelines.demo read.
     for key in ("slm", "verifier", "router_table", "test_table"):
         assert Path(s["artifacts"][key]).exists(), key
-    assert s["artifacts"]["slm"] == str(Path(cfg.out) / "dpo")  # BC+DPO is frozen
+    sel = s["selection"]  # BC+DPO is frozen unless BC wins more validation episodes
+    assert sel["frozen_slm"] == (
+        "dpo"
+        if sel["validation_success"]["dpo"] >= sel["validation_success"]["bc"]
+        else "bc"
+    )
+    assert s["artifacts"]["slm"] == str(Path(cfg.out) / sel["frozen_slm"])
     assert s["env_kwargs"]["n_games"] == {"train": 2, "validation": 1, "test": 1}
     assert s["rate"] == cfg.rate and s["families"] == ["all"]
     assert s["test_seeds"] == [1000, 1001] and s["router_seeds"] == [500]
@@ -59,7 +65,7 @@ def test_summary_contract(run) -> None:
     on_disk = json.loads((Path(cfg.out) / "run_summary.json").read_text())
     assert on_disk["artifacts"] == s["artifacts"]
     steps = ("games", "collect", "bc", "verifier", "dpo", "rollout_router")
-    assert set(steps) <= set(s["seconds"]) and "rollout_test_bc" in s["seconds"]
+    assert set(steps) <= set(s["seconds"]) and "rollout_test_other" in s["seconds"]
     for who in ("bc", "bc_dpo", "slm", "teacher"):
         r = s["success"][who]
         assert 0 <= r["rate"] <= 1 and r["n_episodes"] == 2, who
