@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.utils import Bunch
 
-__all__ = ["get_data_home", "load_mmlu_pro_cascade"]
+__all__ = ["get_data_home", "load_mmlu_pro_cascade", "load_textworld_tiny"]
 
 _MMLU_DIR = "mmlu_pro_cascade"
 _MMLU_FILE = "mmlu_pro_cascade.parquet"
@@ -109,22 +109,7 @@ def load_mmlu_pro_cascade(
     >>> round(float(ds.target.mean()), 3)
     0.254
     """
-    for name, value in (
-        ("as_frame", as_frame),
-        ("return_X_y", return_X_y),
-        ("return_groups", return_groups),
-    ):
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(
-                f"The '{name}' parameter of load_mmlu_pro_cascade must be a bool. "
-                f"Got {value!r} instead."
-            )
-    if return_groups and not return_X_y:
-        raise ValueError(
-            "The 'return_groups' parameter of load_mmlu_pro_cascade only applies "
-            "with return_X_y=True. Got return_groups=True and return_X_y=False "
-            "instead (the Bunch always has 'groups')."
-        )
+    _check_flags("load_mmlu_pro_cascade", as_frame, return_X_y, return_groups)
     folder = get_data_home(data_home) / _MMLU_DIR
     path = folder / _MMLU_FILE
     if not path.is_file():
@@ -144,28 +129,76 @@ def load_mmlu_pro_cascade(
     sheet = folder / "DATASHEET.md"
     descr = sheet.read_text(encoding="utf-8") if sheet.is_file() else ""
 
+    return _bunch(
+        frame,
+        feature_names,
+        target="y",
+        group="category",
+        slm="slm_correct",
+        llm="llm_correct",
+        descr=descr,
+        as_frame=as_frame,
+        return_X_y=return_X_y,
+        return_groups=return_groups,
+    )
+
+
+def _check_flags(
+    caller: str, as_frame: Any, return_X_y: Any, return_groups: Any
+) -> None:
+    for name, value in (
+        ("as_frame", as_frame),
+        ("return_X_y", return_X_y),
+        ("return_groups", return_groups),
+    ):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(
+                f"The '{name}' parameter of {caller} must be a bool. "
+                f"Got {value!r} instead."
+            )
+    if return_groups and not return_X_y:
+        raise ValueError(
+            f"The 'return_groups' parameter of {caller} only applies "
+            "with return_X_y=True. Got return_groups=True and return_X_y=False "
+            "instead (the Bunch always has 'groups')."
+        )
+
+
+def _bunch(
+    frame: pd.DataFrame,
+    feature_names: list[str],
+    *,
+    target: str,
+    group: str,
+    slm: str,
+    llm: str,
+    descr: str,
+    as_frame: bool,
+    return_X_y: bool,
+    return_groups: bool,
+) -> Any:
     X = frame[feature_names].astype(np.float64)
-    y = frame["y"].astype(np.int64)
-    groups = frame["category"].astype(str)
-    slm = frame["slm_correct"].astype(bool)
-    llm = frame["llm_correct"].astype(bool)
+    y = frame[target].astype(np.int64).rename(target)
+    groups = frame[group]
+    slm_s = frame[slm].astype(bool)
+    llm_s = frame[llm].astype(bool)
     if as_frame:
         data: Any = X
-        target: Any = y.rename("y")
-        grp: Any = groups.rename("category")
-        slm_out: Any = slm
-        llm_out: Any = llm
+        tgt: Any = y
+        grp: Any = groups
+        slm_out: Any = slm_s
+        llm_out: Any = llm_s
     else:
         data = X.to_numpy()
-        target = y.to_numpy()
-        grp = groups.to_numpy(dtype=object)
-        slm_out = slm.to_numpy()
-        llm_out = llm.to_numpy()
+        tgt = y.to_numpy()
+        grp = groups.to_numpy(dtype=object if groups.dtype == object else None)
+        slm_out = slm_s.to_numpy()
+        llm_out = llm_s.to_numpy()
     if return_X_y:
-        return (data, target, grp) if return_groups else (data, target)
+        return (data, tgt, grp) if return_groups else (data, tgt)
     return Bunch(
         data=data,
-        target=target,
+        target=tgt,
         groups=grp,
         feature_names=feature_names,
         target_names=["keep", "escalate"],
@@ -173,4 +206,91 @@ def load_mmlu_pro_cascade(
         llm_success=llm_out,
         frame=frame if as_frame else None,
         DESCR=descr,
+    )
+
+
+_TW_DIR = "textworld_tiny"
+_TW_FILES = {
+    "router": "textworld_tiny_router.parquet",
+    "test": "textworld_tiny_test.parquet",
+}
+_TW_TARGETS = ("y_counterfactual", "y_verifier")
+
+
+def load_textworld_tiny(
+    *,
+    subset: str = "router",
+    target: str = "y_counterfactual",
+    as_frame: bool = False,
+    return_X_y: bool = False,
+    return_groups: bool = False,
+    data_home: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Load the TextWorld trajectory-feature table made by ``make demo``.
+
+    One row per step of the frozen tiny SLM (BC + DPO) rolled out on TextWorld
+    games under seeded perturbations, with the 18 features of
+    :data:`r2vcal.features.FEATURE_NAMES` and two labels: ``y_counterfactual``
+    (the teacher's action at the step, then the SLM, succeeds while the SLM
+    alone fails) and ``y_verifier`` (the R2V paper's verifier-comparison
+    label). Groups are the perturbation seeds. See ``DATASHEET.md`` (also in
+    ``DESCR``).
+
+    Parameters
+    ----------
+    subset : {"router", "test"}, default="router"
+        ``"router"``: rollouts on the games the routers are fitted on;
+        ``"test"``: held-out games under held-out seeds.
+    target : {"y_counterfactual", "y_verifier"}, default="y_counterfactual"
+    as_frame, return_X_y, return_groups, data_home
+        As in :func:`load_mmlu_pro_cascade`.
+
+    Returns
+    -------
+    data : Bunch
+        ``data`` (n, 18), ``target``, ``groups`` (seeds), ``feature_names``,
+        ``slm_success`` / ``llm_success`` (the SLM-alone and teacher-at-t
+        outcomes of each step), ``frame`` and ``DESCR``.
+
+    Examples
+    --------
+    >>> from r2vcal.datasets import load_textworld_tiny
+    >>> ds = load_textworld_tiny()
+    >>> ds.data.shape[1], ds.feature_names[0]
+    (18, 'entropy_mean')
+    """
+    from r2vcal.features import FEATURE_NAMES
+
+    _check_flags("load_textworld_tiny", as_frame, return_X_y, return_groups)
+    if subset not in _TW_FILES:
+        raise ValueError(
+            "The 'subset' parameter of load_textworld_tiny must be a str among "
+            f"{set(_TW_FILES)}. Got {subset!r} instead."
+        )
+    if target not in _TW_TARGETS:
+        raise ValueError(
+            "The 'target' parameter of load_textworld_tiny must be a str among "
+            f"{set(_TW_TARGETS)}. Got {target!r} instead."
+        )
+    folder = get_data_home(data_home) / _TW_DIR
+    path = folder / _TW_FILES[subset]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The textworld_tiny table was not found at {path}. Set R2VCAL_DATA "
+            "(or data_home) to the folder holding 'textworld_tiny/', or rebuild "
+            "it with 'python -m pipelines.demo --ship datasets/textworld_tiny'."
+        )
+    frame = pd.read_parquet(path)
+    sheet = folder / "DATASHEET.md"
+    return _bunch(
+        frame,
+        list(FEATURE_NAMES),
+        target=target,
+        group="seed",
+        slm="slm_step_success",
+        llm="llm_step_success",
+        descr=sheet.read_text(encoding="utf-8") if sheet.is_file() else "",
+        as_frame=as_frame,
+        return_X_y=return_X_y,
+        return_groups=return_groups,
     )

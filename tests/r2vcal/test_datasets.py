@@ -87,3 +87,47 @@ def test_router_beats_random_on_frontier_auc():
     auc_oracle = frontier_auc(oracle_frontier(slm, llm, **kw))
     assert auc_random == pytest.approx((slm.mean() + llm.mean()) / 2)
     assert auc_random + 0.005 < auc < auc_oracle
+
+
+# ------------------------------------------------------------- textworld_tiny
+def test_textworld_tiny_shipped_tables():
+    from r2vcal import CVaRBrierRouter
+    from r2vcal.datasets import load_textworld_tiny
+    from r2vcal.features import FEATURE_NAMES
+    from r2vcal.schema import validate_table
+
+    for subset in ("router", "test"):
+        ds = load_textworld_tiny(subset=subset, as_frame=True)
+        validate_table(ds.frame)
+        assert list(ds.data.columns) == list(FEATURE_NAMES)
+        assert np.isfinite(ds.data.to_numpy()).all()
+        assert set(np.unique(ds.target)) <= {0, 1}
+        # the counterfactual label is "teacher branch succeeds, SLM branch fails"
+        np.testing.assert_array_equal(
+            ds.target.to_numpy(bool), ds.llm_success & ~ds.slm_success
+        )
+        assert ds.groups.name == "seed"
+        assert "TextWorld" in ds.DESCR
+    router_seeds = set(load_textworld_tiny(as_frame=True).groups)
+    test = load_textworld_tiny(subset="test", as_frame=True)
+    assert router_seeds.isdisjoint(set(test.groups))  # held-out seeds
+    target = "y_counterfactual"
+    if (
+        load_textworld_tiny().target.min() == 1
+        or load_textworld_tiny().target.max() == 0
+    ):
+        target = "y_verifier"  # a weak SLM: one teacher step never rescues it
+    X, y, g = load_textworld_tiny(target=target, return_X_y=True, return_groups=True)
+    router = CVaRBrierRouter(random_state=0).fit(X, y, groups=g)
+    assert router.predict_proba(test.data).shape == (len(test.data), 2)
+
+
+def test_textworld_tiny_bad_arguments(tmp_path):
+    from r2vcal.datasets import load_textworld_tiny
+
+    with pytest.raises(ValueError, match="'subset' parameter"):
+        load_textworld_tiny(subset="train")
+    with pytest.raises(ValueError, match="'target' parameter"):
+        load_textworld_tiny(target="y")
+    with pytest.raises(FileNotFoundError, match="pipelines.demo --ship"):
+        load_textworld_tiny(data_home=tmp_path)
