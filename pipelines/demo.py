@@ -159,6 +159,11 @@ def _index(out: Path, summary: dict[str, Any]) -> None:
         + ", ".join(f"{k} {_fmt(v)}" for k, v in h["share_at_target"].items()),
         f"- CVaR-Brier ÷ entropy router share: {_fmt(h['cvar_over_entropy_share'])} "
         "(paper's claim: ≤ 0.5)",
+        f"- at the entropy router's best success ({_fmt(h['at_entropy_best']['success'])})"
+        ": LLM-call share "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in h["at_entropy_best"]["share"].items())
+        + "; CVaR-Brier ÷ entropy "
+        + _fmt(h["at_entropy_best"]["cvar_over_entropy_share"]),
     ]
     if "mixed" in ev:
         m = ev["mixed"]

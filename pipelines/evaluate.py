@@ -695,6 +695,20 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
             for name in ("cvar_brier", "brier_only", "entropy", "verifier", "random")
         },
     }
+    # The same question at a success level the entropy router does reach.
+    ent = res[res["router"] == "entropy"]
+    best = float(ent["success"].max())
+    at_best = {
+        name: share_at_success(res, name, best)
+        for name in ("cvar_brier", "brier_only", "entropy", "verifier", "random")
+    }
+    headline["at_entropy_best"] = {
+        "success": best,
+        "share": at_best,
+        "cvar_over_entropy_share": at_best["cvar_brier"] / at_best["entropy"]
+        if at_best["entropy"] > 0
+        else None,
+    }
     sh = headline["share_at_target"]
     headline["cvar_over_entropy_share"] = (
         sh["cvar_brier"] / sh["entropy"]
@@ -846,6 +860,10 @@ def write_markdown(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Pat
         + ", ".join(f"{k} {_fmt(v)}" for k, v in h["share_at_target"].items()),
         f"- CVaR-Brier ÷ entropy share at that success: {_fmt(h['cvar_over_entropy_share'])}"
         " (goal ≤ 0.5)",
+        f"- at the entropy router's best success ({_fmt(h['at_entropy_best']['success'])}): "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in h["at_entropy_best"]["share"].items())
+        + "; CVaR-Brier ÷ entropy "
+        + _fmt(h["at_entropy_best"]["cvar_over_entropy_share"]),
         "",
         "![frontier](frontier.png)",
         "",
