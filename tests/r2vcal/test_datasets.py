@@ -129,5 +129,5 @@ def test_textworld_tiny_bad_arguments(tmp_path):
         load_textworld_tiny(subset="train")
     with pytest.raises(ValueError, match="'target' parameter"):
         load_textworld_tiny(target="y")
-    with pytest.raises(FileNotFoundError, match="pipelines.demo --ship"):
+    with pytest.raises(FileNotFoundError, match=r"pipelines\.demo --ship"):
         load_textworld_tiny(data_home=tmp_path)
