@@ -64,8 +64,7 @@ class DemoConfig:
 def _offline_report(run: dict[str, Any], out: Path, n_resamples: int) -> dict[str, Any]:
     import pandas as pd
 
-    from pipelines.evaluate import resolve_label
-    from r2vcal import CVaRBrierRouter, EntropyRouter, VerifierRouter
+    from pipelines.evaluate import fit_routers, resolve_label
     from r2vcal.features import FEATURE_NAMES
     from r2vcal.report import write_report
 
@@ -74,16 +73,14 @@ def _offline_report(run: dict[str, Any], out: Path, n_resamples: int) -> dict[st
     test = pd.read_parquet(run["artifacts"]["test_table"])
     label = resolve_label(train)
     y = train[label].astype(int)
-    routers = {
-        "CVaRBrierRouter": CVaRBrierRouter(random_state=0).fit(
-            train[feats], y, groups=train["seed"]
-        ),
-        "cvar_weight=0": CVaRBrierRouter(cvar_weight=0.0, random_state=0).fit(
-            train[feats], y, groups=train["seed"]
-        ),
-        "entropy": EntropyRouter().fit(train[feats], y),
-        "verifier": VerifierRouter().fit(train[feats], y),
+    fitted = fit_routers(train, label)
+    names = {
+        "CVaRBrierRouter": "cvar_brier",
+        "cvar_weight=0": "brier_only",
+        "entropy": "entropy",
+        "verifier": "verifier",
     }
+    routers = {shown: fitted[key] for shown, key in names.items()}
     write_report(
         out,
         routers,

@@ -59,7 +59,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["ClosedLoop", "EvaluateConfig", "main", "make_parser"]
+__all__ = [
+    "ClosedLoop",
+    "EvaluateConfig",
+    "fit_routers",
+    "main",
+    "make_parser",
+    "resolve_label",
+]
 
 _DEFAULT_RATES = (0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
 
@@ -245,6 +252,7 @@ class ClosedLoop:
             and the teacher's action; with ``label``, the counterfactual label.
         """
         from pipelines.bc import format_prompt
+        from pipelines.rollout import verifier_label
 
         env = self.env
         obs0 = env.reset(task, seed)
@@ -306,7 +314,7 @@ class ClosedLoop:
                 )
                 row.update(
                     y_counterfactual=y,
-                    y_verifier=int(v_teacher > max(scores)),
+                    y_verifier=verifier_label(v_teacher, scores),
                     slm_step_success=slm_ok,
                     llm_step_success=llm_ok,
                 )
@@ -509,9 +517,31 @@ def resolve_label(table: pd.DataFrame, label: str = "auto") -> str:
     return "y_verifier"
 
 
-def _fit_routers(
-    table: pd.DataFrame, label: str, cfg: EvaluateConfig
+def fit_routers(
+    table: pd.DataFrame,
+    label: str,
+    *,
+    cost_slm: float = 1.0,
+    cost_llm: float = 10.0,
+    random_state: int = 0,
 ) -> dict[str, Any]:
+    """The routers the evaluation compares, fitted on a trajectory-feature table.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Rows with :data:`r2vcal.features.FEATURE_NAMES`, ``label`` and ``seed``.
+    label : str
+        The 0/1 label column (see :func:`resolve_label`).
+    cost_slm, cost_llm : float
+    random_state : int
+
+    Returns
+    -------
+    dict
+        ``cvar_brier``, ``brier_only`` (``cvar_weight=0``), ``entropy``,
+        ``verifier``, and ``random`` (a fresh uniform draw per step).
+    """
     from r2vcal import CVaRBrierRouter, EntropyRouter, VerifierRouter
     from r2vcal.features import FEATURE_NAMES
 
@@ -524,17 +554,17 @@ def _fit_routers(
             "cannot be fitted. Roll out more episodes or use another label."
         )
     groups = table["seed"].to_numpy()
-    costs = {"cost_slm": cfg.cost_slm, "cost_llm": cfg.cost_llm}
+    costs = {"cost_slm": cost_slm, "cost_llm": cost_llm}
     return {
-        "cvar_brier": CVaRBrierRouter(random_state=cfg.random_state, **costs).fit(
+        "cvar_brier": CVaRBrierRouter(random_state=random_state, **costs).fit(
             X, y, groups=groups
         ),
         "brier_only": CVaRBrierRouter(
-            cvar_weight=0.0, random_state=cfg.random_state, **costs
+            cvar_weight=0.0, random_state=random_state, **costs
         ).fit(X, y, groups=groups),
         "entropy": EntropyRouter(**costs).fit(X, y),
         "verifier": VerifierRouter(**costs).fit(X, y),
-        "random": _Coin(cfg.random_state),
+        "random": _Coin(random_state),
     }
 
 
@@ -602,7 +632,13 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     loop = ClosedLoop(agent, new_env, run.get("prompt_kwargs"))
     table = pd.read_parquet(art["router_table"])
     label = resolve_label(table, cfg.label)
-    routers = _fit_routers(table, label, cfg)
+    routers = fit_routers(
+        table,
+        label,
+        cost_slm=cfg.cost_slm,
+        cost_llm=cfg.cost_llm,
+        random_state=cfg.random_state,
+    )
     from r2vcal.features import FEATURE_NAMES
 
     X_table = table[list(FEATURE_NAMES)]

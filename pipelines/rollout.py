@@ -56,10 +56,12 @@ from pipelines.bc import (
 __all__ = [
     "RolloutConfig",
     "SLMAgent",
+    "label_confusion",
     "main",
     "make_parser",
     "play_episode",
     "rollout_episode",
+    "verifier_label",
 ]
 
 _SPLIT_NAMES = {"train": "train", "validation": "val", "test": "test"}
@@ -332,7 +334,8 @@ def rollout_episode(cfg: dict[str, Any], task: str, seed: int) -> list[dict[str,
             "verifier_teacher": v_teacher,
             "perturbations": ",".join(s["perturbations"]),
             "y_verifier": int(
-                bool(teacher) and v_teacher > max(d["scores"]) + cfg["label_margin"]
+                bool(teacher)
+                and verifier_label(v_teacher, d["scores"], cfg["label_margin"])
             ),
             "slm_success": slm_success,
             "teacher_success": teacher_success,
@@ -422,6 +425,29 @@ class RolloutConfig:
     progress: bool = False
 
 
+def verifier_label(v_teacher: float, scores: Any, margin: float = 0.0) -> int:
+    """The R2V paper's step label from verifier scores.
+
+    1 when the verifier scores the teacher's action above every SLM candidate
+    by more than ``margin``.
+
+    >>> verifier_label(0.9, [0.2, 0.5]), verifier_label(0.4, [0.2, 0.5])
+    (1, 0)
+    """
+    return int(v_teacher > max(scores) + margin)
+
+
+def label_confusion(table: Any) -> dict[str, int]:
+    """Counts of ``y_counterfactual`` × ``y_verifier`` (keys ``cf{a}_ver{b}``)."""
+    cf = table["y_counterfactual"].astype(int)
+    vf = table["y_verifier"].astype(int)
+    return {
+        f"cf{a}_ver{b}": int(((cf == a) & (vf == b)).sum())
+        for a in (0, 1)
+        for b in (0, 1)
+    }
+
+
 def summarize(table: Any, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Success rates with episode-bootstrap CIs, label balance and confusion.
 
@@ -448,13 +474,7 @@ def summarize(table: Any, n_resamples: int = 1000, seed: int = 0) -> dict[str, A
         if col in table:
             out[f"{col}_rate"] = float(table[col].mean())
     if "y_counterfactual" in table and "y_verifier" in table:
-        cf = table["y_counterfactual"].astype(int)
-        vf = table["y_verifier"].astype(int)
-        out["confusion_cf_vs_verifier"] = {
-            f"cf{a}_ver{b}": int(((cf == a) & (vf == b)).sum())
-            for a in (0, 1)
-            for b in (0, 1)
-        }
+        out["confusion_cf_vs_verifier"] = label_confusion(table)
     secs = table.groupby("episode_id")["episode_seconds"].first().sum()
     out["seconds_per_step"] = float(secs / max(len(table), 1))
     return out

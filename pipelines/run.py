@@ -210,13 +210,9 @@ def _label_summary(table: Any) -> dict[str, Any]:
             y = table[col].astype(int)
             out[col] = {"n_positive": int(y.sum()), "rate": float(y.mean())}
     if "y_counterfactual" in table and "y_verifier" in table:
-        cf = table["y_counterfactual"].astype(int)
-        vf = table["y_verifier"].astype(int)
-        out["confusion_cf_vs_verifier"] = {
-            f"cf{a}_ver{b}": int(((cf == a) & (vf == b)).sum())
-            for a in (0, 1)
-            for b in (0, 1)
-        }
+        from pipelines.rollout import label_confusion
+
+        out["confusion_cf_vs_verifier"] = label_confusion(table)
     return out
 
 
