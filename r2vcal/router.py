@@ -16,7 +16,9 @@ Two backends share that objective:
   ``fit`` only; the weights are copied to numpy, so prediction and persistence
   never import torch.
 
-A post-hoc calibrator (temperature or isotonic) is fitted on a held-out split.
+A post-hoc calibrator (temperature or isotonic) is fitted on cross-fitted
+(out-of-fold) scores, chosen to minimise the same objective, and kept only when
+a nested cross-validation shows that it lowers that objective on held-out rows.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.optimize import brentq, minimize
+from scipy.optimize import brentq, minimize, minimize_scalar
 from scipy.special import expit, logit
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
 from sklearn.isotonic import IsotonicRegression
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
@@ -49,10 +51,12 @@ __all__ = ["PAPER_HIDDEN_LAYER_SIZES", "CVaRBrierRouter", "NoGroupsWarning"]
 #: size of the router in the R2V paper.
 PAPER_HIDDEN_LAYER_SIZES: tuple[int, ...] = (96, 96)
 
-# Held-out calibration needs enough (weighted) rows of both classes; below this the
-# calibrator is skipped with a warning rather than fitted on noise.
+# Cross-fitted calibration needs enough (weighted) rows of both classes; below this
+# the calibrator is skipped with a warning rather than fitted on noise.
 _MIN_CALIBRATION_WEIGHT = 30.0
 _MIN_CLASS_WEIGHT = 3.0
+# A calibrator is kept only if it lowers the cross-validated objective by this much.
+_MIN_CALIBRATION_GAIN = 1e-6
 _PROB_EPS = 1e-12
 
 
@@ -90,35 +94,6 @@ def cost_threshold(estimator: Any) -> float:
     return bayes_threshold(estimator.cost_slm, estimator.cost_llm, estimator.miss_cost)
 
 
-def _splitmix64(z: NDArray[np.uint64]) -> NDArray[np.uint64]:
-    """The splitmix64 finaliser, vectorised (uint64 arithmetic wraps)."""
-    z = z + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def _split_mask(
-    X: NDArray[np.float64], y: NDArray[np.float64], fraction: float, seed: int
-) -> NDArray[np.bool_]:
-    """Rows assigned to the held-out calibration split.
-
-    The assignment is a keyed hash of the bits of each row's features and label
-    (a mod-2^64 dot product with odd multipliers, splitmix64 finaliser), not a
-    random permutation: a row lands on the same side
-    whatever else is in the data set. So fitting with integer sample weights is
-    exactly fitting on repeated rows, and dropping a row does not reshuffle the
-    others.
-    """
-    bits = np.ascontiguousarray(X, dtype=np.float64).view(np.uint64)
-    label = np.ascontiguousarray(y, dtype=np.float64).view(np.uint64)
-    # a random odd multiplier per column (mod 2^64 dot product), then splitmix64
-    mult = _splitmix64(np.arange(bits.shape[1] + 1, dtype=np.uint64)) | np.uint64(1)
-    h = bits @ mult[1:] if bits.shape[1] else np.zeros(X.shape[0], dtype=np.uint64)
-    h = _splitmix64(h ^ _splitmix64(label ^ np.uint64(seed)) * mult[0])
-    return (h >> np.uint64(11)) < np.uint64(round(fraction * 2.0**53))
-
-
 @register_persistable
 class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
     """Escalation router trained with a Brier score plus a CVaR penalty over groups.
@@ -137,18 +112,26 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         Tail fraction ``alpha`` of the CVaR: ``1/G`` is the worst group, ``1`` the
         mean over groups.
     cvar_bound : float or None, default=None
-        If set, train the constrained form ``min Brier s.t. CVaR <= cvar_bound``
-        by dual ascent on the multiplier.
+        If set, train the constrained form ``min Brier s.t. CVaR <= cvar_bound``:
+        the linear backend bisects on the multiplier for the smallest one whose
+        solution meets the bound (so it ends at the bound, not far inside it);
+        the MLP backend uses dual ascent.
     alpha : float, default=1e-4
         L2 penalty on the weights (not the intercepts), on standardised features.
     calibration : {"temperature", "isotonic"} or None, default="temperature"
-        Post-hoc calibrator fitted on a held-out split of ``calibration_fraction``
-        of the rows. Temperature scaling keeps the ranking; isotonic is more
-        flexible. ``None`` keeps the raw Brier-trained probabilities.
-    calibration_fraction : float in (0, 1), default=0.2
-        Share of rows held out for the calibrator. Rows are assigned by a keyed
-        hash of their content, so the split is reproducible and consistent under
-        sample weights.
+        Post-hoc calibrator, fitted on cross-fitted scores: the rows are split in
+        ``calibration_cv`` folds at random, stratified by group and label, and
+        each row is scored by a router fitted without its fold. The temperature
+        minimises the router's own objective (Brier + ``cvar_weight`` x CVaR over
+        groups) on those scores and keeps the ranking; isotonic regression
+        (pooled Brier) is more flexible. The calibrator is applied to the router
+        fitted on all rows **only if** a nested cross-validation shows it lowers
+        the objective on held-out rows; otherwise the raw map is kept and
+        ``calibration_`` is ``None`` (see ``calibration_objective_``). ``None``
+        skips all of this.
+    calibration_cv : int >= 2, default=5
+        Number of cross-fitting folds for the calibrator (the router is fitted
+        ``calibration_cv + 1`` times).
     cost_slm, cost_llm : float, default=1.0, 10.0
         Cost of one step on the SLM and on the LLM.
     miss_cost : float, default=20.0
@@ -172,11 +155,13 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
     weight_decay : float, default=0.0
         AdamW decoupled weight decay for the MLP (the objective's L2 is ``alpha``).
     dual_step : float, default=100.0
-        Step size of the dual ascent on the multiplier in constrained mode.
+        Step size of the dual ascent on the multiplier in constrained mode
+        (MLP backend).
     max_dual_iter : int, default=20
-        Number of dual-ascent rounds in constrained mode.
+        Bisection rounds on the multiplier (linear backend) or dual-ascent
+        rounds (MLP backend) in constrained mode.
     random_state : int, RandomState instance or None, default=None
-        Seeds the calibration split and the MLP initialisation and batching.
+        Seeds the calibration folds and the MLP initialisation and batching.
     verbose : int, default=0
         Print progress when positive.
 
@@ -190,10 +175,17 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         Linear backend: intercept.
     coefs_, intercepts_ : list of ndarray
         MLP backend: layer weights and biases (numpy, original feature scale).
+    calibration_ : {"temperature", "isotonic"} or None
+        The calibrator in use: ``calibration``, or ``None`` when it was skipped
+        (too few rows) or did not lower the held-out objective.
+    calibration_objective_ : ndarray of shape (2,)
+        Cross-validated objective (Brier + weight x CVaR over groups) of the
+        out-of-fold scores without and with the calibrator; ``[nan, nan]`` when
+        calibration was not attempted.
     temperature_ : float
         Temperature of the calibrator (``1.0`` when not used).
     isotonic_x_, isotonic_y_ : ndarray
-        Isotonic calibrator knots (only with ``calibration="isotonic"``).
+        Isotonic calibrator knots (only when ``calibration_ == "isotonic"``).
     threshold_ : float
         Threshold used by :meth:`route`.
     group_labels_ : ndarray
@@ -205,7 +197,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         Exact sort-based CVaR of ``group_losses_`` at ``cvar_tail``.
     objective_ : float
         Exact training objective (mean Brier + weight * exact CVaR + L2) at the
-        solution, on the training split before calibration.
+        solution, on all rows, before calibration.
     dual_weight_ : float
         Final CVaR multiplier (``cvar_weight`` unless ``cvar_bound`` is set).
     n_iter_ : int
@@ -247,7 +239,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         "cvar_bound": [Interval(Real, 0, None, closed="left"), None],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "calibration": [StrOptions({"temperature", "isotonic"}), None],
-        "calibration_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "calibration_cv": [Interval(Integral, 2, None, closed="left")],
         "cost_slm": [Interval(Real, 0, None, closed="left")],
         "cost_llm": [Interval(Real, 0, None, closed="left")],
         "miss_cost": [Interval(Real, 0, None, closed="neither")],
@@ -274,7 +266,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         cvar_bound: float | None = None,
         alpha: float = 1e-4,
         calibration: str | None = "temperature",
-        calibration_fraction: float = 0.2,
+        calibration_cv: int = 5,
         cost_slm: float = 1.0,
         cost_llm: float = 10.0,
         miss_cost: float = 20.0,
@@ -297,7 +289,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         self.cvar_bound = cvar_bound
         self.alpha = alpha
         self.calibration = calibration
-        self.calibration_fraction = calibration_fraction
+        self.calibration_cv = calibration_cv
         self.cost_slm = cost_slm
         self.cost_llm = cost_llm
         self.miss_cost = miss_cost
@@ -431,29 +423,19 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
             if not isinstance(self.random_state, np.random.RandomState)
             else self.random_state.randint(2**31 - 1)
         )
-        split_seed = int(rng.randint(0, 2**31 - 1))
-        hold = self._calibration_split(X, y01, sw, split_seed)
-        train = ~hold if hold is not None else np.ones(n, dtype=bool)
-
-        if hold is not None:
-            Xtr, ytr, wtr, gtr = X[train], y01[train], sw[train], gidx[train]
-        else:
-            Xtr, ytr, wtr, gtr = X, y01, sw, gidx
-        mean = (wtr @ Xtr) / wtr.sum()
-        var = np.einsum("i,ij,ij->j", wtr, Xtr, Xtr) / wtr.sum() - mean**2
-        scale = np.sqrt(np.maximum(var, 0.0))
-        scale[scale < 1e-12] = 1.0
-
         n_groups = self.group_labels_.shape[0]
-        data = _TrainData(Xtr, ytr, wtr, gtr, n_groups, mean, scale)
-        if hidden:
-            self._fit_mlp(data, hidden, rng)
-        else:
-            self._fit_linear(data)
+        folds = self._calibration_folds(y01, sw, gidx, rng)
+        fold_seeds = rng.randint(0, 2**31 - 1, size=int(self.calibration_cv))
+        self._fit_scorer(X, y01, sw, gidx, n_groups, hidden, rng)
 
+        self.calibration_: str | None = None
         self.temperature_ = 1.0
-        if hold is not None:
-            self._fit_calibrator(self._raw_scores(X[hold]), y01[hold], sw[hold])
+        self.calibration_objective_ = np.full(2, np.nan)
+        if folds is not None:
+            z_oof = self._out_of_fold_scores(
+                X, y01, sw, gidx, n_groups, hidden, folds, fold_seeds
+            )
+            self._choose_calibrator(z_oof, y01, sw, gidx, n_groups, folds)
 
         self.threshold_ = cost_threshold(self)
         p = self._proba1(X)
@@ -461,36 +443,169 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         self.cvar_ = exact_cvar(self.group_losses_, self.cvar_tail)
         return self
 
-    def _calibration_split(
+    def _fit_scorer(
         self,
         X: NDArray[np.float64],
         y01: NDArray[np.float64],
         sw: NDArray[np.float64],
-        seed: int,
-    ) -> NDArray[np.bool_] | None:
+        gidx: NDArray[np.intp],
+        n_groups: int,
+        hidden: tuple[int, ...],
+        rng: np.random.RandomState,
+    ) -> None:
+        """Fit the uncalibrated score (linear or MLP) on the given rows."""
+        mean = (sw @ X) / sw.sum()
+        var = np.einsum("i,ij,ij->j", sw, X, X) / sw.sum() - mean**2
+        scale = np.sqrt(np.maximum(var, 0.0))
+        scale[scale < 1e-12] = 1.0
+        data = _TrainData(X, y01, sw, gidx, n_groups, mean, scale)
+        if hidden:
+            self._fit_mlp(data, hidden, rng)
+        else:
+            self._fit_linear(data)
+
+    def _calibration_folds(
+        self,
+        y01: NDArray[np.float64],
+        sw: NDArray[np.float64],
+        gidx: NDArray[np.intp],
+        rng: np.random.RandomState,
+    ) -> NDArray[np.intp] | None:
+        """Fold of each row: random, stratified by (group, label); or ``None``.
+
+        Within each (group, label) stratum the rows are shuffled and dealt to the
+        folds in turn, starting at a random fold, so every fold holds about the
+        same share of every group and of both labels (also for strata smaller
+        than the number of folds). Rows are assigned by their position, never by
+        their content: copies of one feature vector (all K candidates agree, say)
+        spread over the folds with both of their labels.
+        """
         if self.calibration is None:
             return None
-        hold = _split_mask(X, y01, self.calibration_fraction, seed)
-        w_hold, w_train = sw[hold], sw[~hold]
-        enough = (
-            w_hold.sum() >= _MIN_CALIBRATION_WEIGHT
-            and w_hold[y01[hold] == 1].sum() >= _MIN_CLASS_WEIGHT
-            and w_hold[y01[hold] == 0].sum() >= _MIN_CLASS_WEIGHT
-            and w_train[y01[~hold] == 1].sum() > 0
-            and w_train[y01[~hold] == 0].sum() > 0
-        )
-        if not enough:
+        k = int(self.calibration_cv)
+        pos, neg = sw[y01 == 1].sum(), sw[y01 == 0].sum()
+        n_pos = int(np.count_nonzero((y01 == 1) & (sw > 0)))
+        n_neg = int(np.count_nonzero((y01 == 0) & (sw > 0)))
+        if (
+            sw.sum() < _MIN_CALIBRATION_WEIGHT
+            or min(pos, neg) < _MIN_CLASS_WEIGHT
+            or min(n_pos, n_neg) < k
+        ):
             warnings.warn(
-                f"calibration={self.calibration!r} skipped: the held-out split "
-                f"(calibration_fraction={self.calibration_fraction}) has total "
-                f"weight {w_hold.sum():.1f} and needs at least "
-                f"{_MIN_CALIBRATION_WEIGHT:.0f} with both classes present. The "
-                "router is fitted on all rows and left uncalibrated.",
+                f"calibration={self.calibration!r} skipped: cross-fitting with "
+                f"calibration_cv={k} folds needs total weight >= "
+                f"{_MIN_CALIBRATION_WEIGHT:.0f} and at least {k} rows (weight >= "
+                f"{_MIN_CLASS_WEIGHT:.0f}) of each class; got weight {sw.sum():.1f} "
+                f"with {n_pos} positive and {n_neg} negative rows. The router is "
+                "left uncalibrated.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             return None
-        return hold
+        folds = np.empty(y01.shape[0], dtype=np.intp)
+        strata = gidx.astype(np.int64) * 2 + y01.astype(np.int64)
+        offset = 0
+        for s in np.unique(strata):
+            rows = np.flatnonzero(strata == s)
+            rows = rows[rng.permutation(rows.shape[0])]
+            folds[rows] = (np.arange(rows.shape[0]) + offset) % k
+            offset += rows.shape[0]  # small strata fill the folds in turn
+        # every fold's complement must keep both classes (it trains a router)
+        for f in range(k):
+            rest = folds != f
+            if not (
+                sw[rest & (y01 == 1)].sum() > 0 and sw[rest & (y01 == 0)].sum() > 0
+            ):
+                return None
+        return folds
+
+    def _out_of_fold_scores(
+        self,
+        X: NDArray[np.float64],
+        y01: NDArray[np.float64],
+        sw: NDArray[np.float64],
+        gidx: NDArray[np.intp],
+        n_groups: int,
+        hidden: tuple[int, ...],
+        folds: NDArray[np.intp],
+        seeds: NDArray[np.int64],
+    ) -> NDArray[np.float64]:
+        """Raw score of each row from a router fitted on the other folds."""
+        z = np.empty(X.shape[0])
+        for f, seed in enumerate(seeds):
+            test = folds == f
+            sub = clone(self).set_params(verbose=0)
+            train = ~test
+            sub._fit_scorer(
+                X[train],
+                y01[train],
+                sw[train],
+                gidx[train],
+                n_groups,
+                hidden,
+                np.random.RandomState(int(seed)),
+            )
+            z[test] = sub._raw_scores(X[test])
+        return z
+
+    def _objective(
+        self,
+        p: NDArray[np.float64],
+        y01: NDArray[np.float64],
+        sw: NDArray[np.float64],
+        gidx: NDArray[np.intp],
+        n_groups: int,
+    ) -> float:
+        """Weighted Brier + weight x exact CVaR of per-group Brier (no L2)."""
+        brier = float(np.dot(sw, (p - y01) ** 2) / sw.sum())
+        lam = float(getattr(self, "dual_weight_", self.cvar_weight))
+        if lam <= 0:
+            return brier
+        losses, gw = group_brier(p, y01, sw, gidx, n_groups)
+        return brier + lam * exact_cvar(losses[gw > 0], float(self.cvar_tail))
+
+    def _choose_calibrator(
+        self,
+        z: NDArray[np.float64],
+        y01: NDArray[np.float64],
+        sw: NDArray[np.float64],
+        gidx: NDArray[np.intp],
+        n_groups: int,
+        folds: NDArray[np.intp],
+    ) -> None:
+        """Fit the calibrator on out-of-fold scores; keep it only if it helps.
+
+        The calibrator's own held-out effect is estimated by a nested
+        cross-validation over the same folds: each fold's scores are calibrated
+        by a calibrator fitted on the other folds' scores. The objective of those
+        probabilities is compared with that of the raw out-of-fold probabilities.
+        """
+
+        def fit(rows: NDArray[np.bool_]) -> Any:
+            return _fit_calibrator(
+                str(self.calibration), z[rows], y01[rows], sw[rows], gidx[rows], self
+            )
+
+        p_cv = np.empty_like(z)
+        for f in range(int(self.calibration_cv)):
+            test = folds == f
+            p_cv[test] = fit(~test)(z[test])
+        raw = self._objective(expit(z), y01, sw, gidx, n_groups)
+        calibrated = self._objective(p_cv, y01, sw, gidx, n_groups)
+        self.calibration_objective_ = np.array([raw, calibrated])
+        if calibrated < raw - _MIN_CALIBRATION_GAIN:
+            cal = fit(np.ones(z.shape[0], dtype=bool))
+            self.calibration_ = self.calibration
+            if self.calibration == "temperature":
+                self.temperature_ = float(cal.temperature)
+            else:
+                self.isotonic_x_ = cal.x
+                self.isotonic_y_ = cal.y
+        elif self.verbose:
+            print(
+                f"[calibration] {self.calibration} not applied: cross-validated "
+                f"objective {calibrated:.5f} vs {raw:.5f} uncalibrated"
+            )
 
     # -------------------------------------------------------- linear backend
     def _fit_linear(self, data: _TrainData) -> None:
@@ -579,37 +694,70 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         data: _TrainData,
         tail: float,
     ) -> tuple[NDArray[np.float64], float, int]:
-        """Constrained mode: ``lambda <- max(0, lambda + step_k (CVaR - bound))``.
+        """Constrained mode: the smallest multiplier whose solution meets the bound.
 
-        Steps shrink as ``dual_step / sqrt(k + 1)`` so the multiplier settles
-        instead of oscillating; the iterate returned is the feasible one with the
-        lowest Brier score (or, if none is feasible, the one with the lowest CVaR).
+        The CVaR of the solution falls as the multiplier grows, so the
+        multiplier is bracketed (from ``cvar_weight``, doubling up or halving
+        down) and then bisected for ``max_dual_iter`` rounds, each solve
+        warm-started from the last. The solution returned is the feasible one
+        with the smallest multiplier, i.e. the lowest Brier score that meets
+        ``CVaR <= cvar_bound``: it ends at the bound, not far inside it. When
+        no multiplier up to ``2**30`` is feasible, the one with the lowest CVaR
+        is returned.
         """
         bound = float(self.cvar_bound)  # type: ignore[arg-type]
         n_iter = 0
-        candidates = []
-        for k in range(int(self.max_dual_iter) + 1):
-            brier = linear_objective(theta, data, 0.0, tail, 0.0, None)[0]
-            cv = linear_objective(theta, data, 1.0, tail, 0.0, None)[0] - brier
-            candidates.append(
-                (cv > bound + 1e-6, brier if cv <= bound + 1e-6 else cv, k, theta, lam)
-            )
-            new_lam = max(
-                0.0, lam + float(self.dual_step) / np.sqrt(k + 1) * (cv - bound)
-            )
-            if self.verbose:
-                print(
-                    f"[dual] cvar={cv:.5f} bound={bound:.5f} brier={brier:.5f} "
-                    f"lambda={new_lam:.4f}"
-                )
-            if k == int(self.max_dual_iter) or abs(new_lam - lam) < 1e-8:
-                break
-            lam = new_lam
-            res = solve(theta, lam)
+
+        def cvar_brier(th: NDArray[np.float64]) -> tuple[float, float]:
+            brier = linear_objective(th, data, 0.0, tail, 0.0, None)[0]
+            cv = linear_objective(th, data, 1.0, tail, 0.0, None)[0] - brier
+            return cv, brier
+
+        def at(new_lam: float, th0: NDArray[np.float64]) -> NDArray[np.float64]:
+            nonlocal n_iter
+            res = solve(th0, new_lam)
             n_iter += int(res.nit)
-            theta = res.x
-        _, _, _, theta, lam = min(candidates, key=lambda c: c[:3])
-        return theta, lam, n_iter
+            return np.asarray(res.x)
+
+        cv, _ = cvar_brier(theta)
+        if self.verbose:
+            print(f"[bound] lambda={lam:.4g} cvar={cv:.5f} bound={bound:.5f}")
+        if lam > 0 and cv <= bound:  # feasible: look for a smaller multiplier
+            lo, hi, hi_theta = 0.0, lam, theta
+            zero = at(0.0, theta)
+            if cvar_brier(zero)[0] <= bound:
+                return zero, 0.0, n_iter
+        elif lam == 0 and cv <= bound:
+            return theta, 0.0, n_iter
+        else:  # infeasible: double the multiplier until the bound is met
+            lo, hi, hi_theta = lam, max(lam, 1.0), theta
+            best = (cv, theta, lam)
+            while True:
+                hi *= 2.0
+                hi_theta = at(hi, hi_theta)
+                cv, _ = cvar_brier(hi_theta)
+                if cv < best[0]:
+                    best = (cv, hi_theta, hi)
+                if self.verbose:
+                    print(f"[bound] lambda={hi:.4g} cvar={cv:.5f}")
+                if cv <= bound:
+                    break
+                lo = hi
+                if hi >= 2.0**30:
+                    return best[1], best[2], n_iter
+        for _ in range(int(self.max_dual_iter)):
+            mid = 0.5 * (lo + hi)
+            mid_theta = at(mid, hi_theta)
+            cv, brier = cvar_brier(mid_theta)
+            if self.verbose:
+                print(f"[bound] lambda={mid:.4g} cvar={cv:.5f} brier={brier:.5f}")
+            if cv <= bound:
+                hi, hi_theta = mid, mid_theta
+            else:
+                lo = mid
+            if hi - lo <= 1e-4 * max(hi, 1e-8):
+                break
+        return hi_theta, hi, n_iter
 
     # ----------------------------------------------------------- MLP backend
     def _fit_mlp(
@@ -649,18 +797,6 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         self.objective_ = result.objective
         self.loss_curve_ = np.asarray(result.loss_curve)
 
-    # ------------------------------------------------------------ calibrator
-    def _fit_calibrator(
-        self, z: NDArray[np.float64], y: NDArray[np.float64], w: NDArray[np.float64]
-    ) -> None:
-        if self.calibration == "temperature":
-            self.temperature_ = _fit_temperature(z, y, w)
-        else:
-            iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-            iso.fit(expit(z), y, sample_weight=w)
-            self.isotonic_x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
-            self.isotonic_y_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
-
     # ------------------------------------------------------------ prediction
     def _raw_scores(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
         if hasattr(self, "coefs_"):
@@ -678,7 +814,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
 
     def _proba1(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
         z = self._raw_scores(X)
-        if self.calibration == "isotonic" and hasattr(self, "isotonic_x_"):
+        if getattr(self, "calibration_", None) == "isotonic":
             return np.interp(expit(z), self.isotonic_x_, self.isotonic_y_)
         if self.temperature_ != 1.0:
             z *= 1.0 / self.temperature_
@@ -746,27 +882,50 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         return self._proba1(self._check_X(X)) >= tau
 
 
-def _fit_temperature(
-    z: NDArray[np.float64], y: NDArray[np.float64], w: NDArray[np.float64]
-) -> float:
-    """Temperature ``T`` minimising the weighted log loss of ``sigmoid(z / T)``.
+@dataclass
+class _Calibrator:
+    """A fitted calibrator: a temperature or isotonic knots ``(x, y)``."""
 
-    The loss is convex in ``beta = 1 / T`` (a one-feature logistic regression
-    without intercept), so a safeguarded Newton iteration converges in a few
-    passes. ``beta`` stays in [1e-3, 1e3].
+    temperature: float = 1.0
+    x: NDArray[np.float64] | None = None
+    y: NDArray[np.float64] | None = None
+
+    def __call__(self, z: NDArray[np.float64]) -> NDArray[np.float64]:
+        if self.x is not None and self.y is not None:
+            return np.asarray(np.interp(expit(z), self.x, self.y))
+        return np.asarray(expit(z / self.temperature))
+
+
+def _fit_calibrator(
+    kind: str,
+    z: NDArray[np.float64],
+    y: NDArray[np.float64],
+    w: NDArray[np.float64],
+    gidx: NDArray[np.intp],
+    router: CVaRBrierRouter,
+) -> _Calibrator:
+    """Fit ``kind`` ("temperature" or "isotonic") to scores ``z``.
+
+    The temperature minimises the router's objective (weighted Brier + weight x
+    CVaR over groups) of ``sigmoid(z / T)``, a bounded 1-d search over
+    ``log T`` in [-7, 7]. Isotonic regression minimises the pooled weighted
+    Brier score of ``sigmoid(z)``.
     """
-    beta = 1.0
-    wz = w * z
-    for _ in range(100):
-        p = expit(beta * z)
-        grad = float(np.dot(wz, p - y))
-        hess = float(np.dot(wz * z, p * (1.0 - p))) + 1e-12
-        new = float(np.clip(beta - grad / hess, 1e-3, 1e3))
-        if abs(new - beta) <= 1e-10 * max(1.0, beta):
-            beta = new
-            break
-        beta = new
-    return 1.0 / beta
+    if kind == "isotonic":
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+        iso.fit(expit(z), y, sample_weight=w)
+        return _Calibrator(
+            x=np.asarray(iso.X_thresholds_, dtype=np.float64),
+            y=np.asarray(iso.y_thresholds_, dtype=np.float64),
+        )
+    n_groups = int(gidx.max()) + 1 if gidx.size else 1
+
+    def loss(log_t: float) -> float:
+        return router._objective(expit(z * np.exp(-log_t)), y, w, gidx, n_groups)
+
+    res = minimize_scalar(loss, bounds=(-7.0, 7.0), method="bounded")
+    log_t = float(res.x) if loss(float(res.x)) < loss(0.0) else 0.0
+    return _Calibrator(temperature=float(np.exp(log_t)))
 
 
 @dataclass

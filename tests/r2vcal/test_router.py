@@ -111,14 +111,27 @@ def test_objective_is_minimised_against_perturbations():
         )
 
 
-def test_cvar_bound_is_met_by_dual_ascent():
+@pytest.mark.parametrize("start", [0.0, 1.0, 50.0])
+def test_cvar_bound_ends_at_the_bound(start):
+    """Met, and tight: a bound far inside would cost Brier for nothing."""
     X, y, g = make_seeded_problem(8000, 5)
     free = CVaRBrierRouter(cvar_weight=0.0, calibration=None).fit(X, y, groups=g)
     bound = free.cvar_ - 0.004
-    r = CVaRBrierRouter(cvar_weight=0.0, cvar_bound=bound, calibration=None)
+    r = CVaRBrierRouter(cvar_weight=start, cvar_bound=bound, calibration=None)
     r.fit(X, y, groups=g)
     assert r.dual_weight_ > 0
-    assert r.cvar_ <= bound + 1e-3
+    assert bound - 2e-4 <= r.cvar_ <= bound + 1e-6
+    # the lowest Brier among routers meeting the bound: a penalised fit just
+    # above the multiplier found is feasible, just below it is not
+    below = CVaRBrierRouter(cvar_weight=0.9 * r.dual_weight_, calibration=None)
+    assert below.fit(X, y, groups=g).cvar_ > bound
+
+
+def test_cvar_bound_already_met_keeps_plain_brier():
+    X, y, g = make_seeded_problem(4000, 6)
+    free = CVaRBrierRouter(cvar_weight=0.0, calibration=None).fit(X, y, groups=g)
+    r = CVaRBrierRouter(cvar_bound=free.cvar_ + 0.01, calibration=None)
+    assert r.fit(X, y, groups=g).dual_weight_ == 0.0
 
 
 def test_route_uses_bayes_threshold():
@@ -132,23 +145,141 @@ def test_route_uses_bayes_threshold():
     assert CVaRBrierRouter(threshold=0.42).fit(X, y, groups=g).threshold_ == 0.42
 
 
-@pytest.mark.parametrize("calibration", ["temperature", "isotonic", None])
-def test_calibration_options(calibration):
-    X, y, g = make_seeded_problem(5000, 7)
-    r = CVaRBrierRouter(calibration=calibration, random_state=0).fit(X, y, groups=g)
-    p = r.predict_proba(X)[:, 1]
-    assert np.all((p >= 0) & (p <= 1))
-    if calibration == "isotonic":
-        assert np.all(np.diff(r.isotonic_y_) >= 0)
-    if calibration is None:
+def make_tie_problem(n: int, seed: int, k: int = 5, share: float = 0.6):
+    """Agreement features with a big mass point: ``share`` of steps have all K agree.
+
+    The shape of real cascade tables (issue 12): most rows are one feature vector
+    with both labels, so a split that depends on row content breaks calibration.
+    """
+    rng = np.random.default_rng(seed)
+    agree = np.where(rng.random(n) < share, k, rng.integers(1, k + 1, size=n))
+    y = (rng.random(n) < 0.05 + 0.6 * (1 - agree / k)).astype(int)
+    return np.c_[agree / k, agree == k], y, rng.integers(0, 6, size=n)
+
+
+def make_continuous_problem(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 5))
+    z = X[:, 0] - X[:, 1] + 0.5 * X[:, 2] - 1.0
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-z))).astype(int)
+    return X, y, rng.integers(0, 8, size=n)
+
+
+def _held_out(router, X, y, g, n_train):
+    router.fit(X[:n_train], y[:n_train], groups=g[:n_train])
+    p = router.predict_proba(X[n_train:])[:, 1]
+    yt, gt = y[n_train:], g[n_train:]
+    brier = float(np.mean((p - yt) ** 2))
+    worst = max(float(np.mean((p[gt == k] - yt[gt == k]) ** 2)) for k in set(gt))
+    return brier, worst, p
+
+
+def test_issue_snippet_default_router_matches_logistic_regression():
+    """The issue-12 reproduction: held-out Brier 0.2495 and constant p before."""
+    X, y, g = make_tie_problem(4000, 0)
+    brier, _, p = _held_out(
+        CVaRBrierRouter(random_state=0), X[::-1], y[::-1], g[::-1], 2000
+    )
+    lr = LogisticRegression().fit(X[2000:], y[2000:]).predict_proba(X[:2000])[:, 1]
+    assert brier <= float(np.mean((lr - y[:2000]) ** 2)) + 0.002
+    assert np.ptp(p) > 0.3  # not a constant forecast
+
+
+PROBLEMS = {
+    "ties_k5": lambda s: make_tie_problem(6000, s),
+    "ties_k20": lambda s: make_tie_problem(6000, s, k=20, share=0.8),
+    "ties_k3_sparse": lambda s: make_tie_problem(3000, s, k=3, share=0.9),
+    "flipped_groups": lambda s: make_seeded_problem(8000, s),
+    "continuous": lambda s: make_continuous_problem(6000, s),
+}
+
+
+@pytest.mark.parametrize("calibration", ["temperature", "isotonic"])
+@pytest.mark.parametrize("problem", sorted(PROBLEMS))
+def test_calibration_never_makes_held_out_brier_worse(problem, calibration):
+    for seed in (0, 1):
+        X, y, g = PROBLEMS[problem](seed)
+        n_train = X.shape[0] // 2
+        raw = _held_out(CVaRBrierRouter(calibration=None), X, y, g, n_train)
+        cal = _held_out(
+            CVaRBrierRouter(calibration=calibration, random_state=seed),
+            X,
+            y,
+            g,
+            n_train,
+        )
+        assert cal[0] <= raw[0] + 0.002, (problem, seed, cal[0], raw[0])
+        assert cal[1] <= raw[1] + 0.002, (problem, seed, cal[1], raw[1])
+        assert np.ptp(cal[2]) > 0.1  # data with signal: never a constant forecast
+
+
+@pytest.mark.parametrize("calibration", ["temperature", "isotonic"])
+def test_calibration_repairs_an_underconfident_router(calibration):
+    """Strong L2 shrinks the scores; the calibrator must notice and fix it.
+
+    Fails if calibration silently does nothing: held-out Brier and ECE must drop.
+    """
+    from r2vcal.metrics import expected_calibration_error
+
+    X, y, g = make_continuous_problem(6000, 3)
+    raw = _held_out(CVaRBrierRouter(alpha=0.05, calibration=None), X, y, g, 3000)
+    router = CVaRBrierRouter(alpha=0.05, calibration=calibration, random_state=0)
+    cal = _held_out(router, X, y, g, 3000)
+    assert router.calibration_ == calibration
+    assert router.calibration_objective_[1] < router.calibration_objective_[0]
+    assert cal[0] < raw[0] - 0.003
+    ece_raw = expected_calibration_error(y[3000:], raw[2])
+    ece_cal = expected_calibration_error(y[3000:], cal[2])
+    assert ece_cal < 0.75 * ece_raw
+    if calibration == "temperature":
+        assert router.temperature_ < 0.9  # sharpened
+
+
+def test_isotonic_fixes_a_misspecified_link():
+    X, y, g = make_continuous_problem(6000, 4)
+    rng = np.random.default_rng(4)
+    x = X[:, :1]
+    y = (rng.random(6000) < 1.0 / (1.0 + np.exp(-(3 * x[:, 0] ** 3 - 1)))).astype(int)
+    raw = _held_out(CVaRBrierRouter(calibration=None), x, y, g, 3000)
+    router = CVaRBrierRouter(calibration="isotonic", random_state=0)
+    cal = _held_out(router, x, y, g, 3000)
+    assert router.calibration_ == "isotonic"
+    assert cal[0] < raw[0] - 0.003
+
+
+def test_calibration_is_kept_off_when_it_does_not_help():
+    X, y, g = make_tie_problem(4000, 2)
+    r = CVaRBrierRouter(random_state=0).fit(X, y, groups=g)
+    raw, calibrated = r.calibration_objective_
+    assert (r.calibration_ is None) == (calibrated >= raw - 1e-6)
+    if r.calibration_ is None:
         assert r.temperature_ == 1.0
+    off = CVaRBrierRouter(calibration=None).fit(X, y, groups=g)
+    assert np.isnan(off.calibration_objective_).all() and off.calibration_ is None
+
+
+def test_calibration_folds_are_stratified_and_content_free():
+    X, y, g = make_tie_problem(3000, 5)
+    r = CVaRBrierRouter(random_state=0)
+    folds = r._calibration_folds(
+        y.astype(float), np.ones(3000), g.astype(np.intp), np.random.RandomState(0)
+    )
+    # within every (group, label) stratum the fold sizes differ by at most one
+    for grp in np.unique(g):
+        for lab in (0, 1):
+            counts = np.bincount(folds[(g == grp) & (y == lab)], minlength=5)
+            assert counts.max() - counts.min() <= 1
+    # copies of the mass-point vector land in every fold, with both labels
+    mass = X[:, 1] == 1
+    for f in range(5):
+        assert {0, 1} <= set(y[mass & (folds == f)])
 
 
 def test_small_data_skips_calibration_with_warning():
-    X, y, g = make_seeded_problem(40, 8)
+    X, y, g = make_seeded_problem(20, 8)
     with pytest.warns(UserWarning, match="calibration='temperature' skipped"):
         r = CVaRBrierRouter(random_state=0).fit(X, y, groups=g)
-    assert r.temperature_ == 1.0
+    assert r.temperature_ == 1.0 and r.calibration_ is None
 
 
 def test_warns_once_when_groups_missing():
