@@ -55,22 +55,38 @@ pool spent more CPU than the rest of the proxy (``bench/bench_serve.py``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import hmac
 import importlib
 import inspect
+import ipaddress
 import json
+import logging
 import math
+import os
 import re
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from r2vcal._serve_request import (
+    MAX_BODY_BYTES,
+    BadRequest,
+    answer_problem,
+    error_body,
+    header_value,
+    parse_json,
+    scrub,
+    validate_chat,
+)
+from r2vcal._serve_state import ConversationTracker, ParquetLog, explicit_id
 from r2vcal.cascade import BudgetRule, Decision, StepCascade
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -98,7 +114,10 @@ TOOL_ERROR_PATTERN = (
 )
 
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+#: SLM answers with these statuses were caused by the client's request (a
+#: context too long, a bad field): returned to the client, not escalated.
+_CLIENT_FAULT_STATUS = frozenset({400, 413, 422})
+_LOG = logging.getLogger("r2vcal.serve")
 _MISSING_EXTRA = (
     "r2vcal serve needs FastAPI, uvicorn and aiohttp: pip install 'r2vcal[serve]'"
 )
@@ -135,6 +154,10 @@ class Upstream:
         408/409/425/429/5xx answers; other 4xx answers fail at once.
     backoff : float, default=0.25
         Delay before the first retry, in seconds; doubles with each retry.
+    supports_n : bool, default=True
+        The server answers ``n > 1`` in one request (vLLM, SGLang). False
+        (llama.cpp's server, many hosted APIs) makes the proxy ask for the
+        ``k`` SLM candidates with ``k`` parallel ``n=1`` requests.
 
     Examples
     --------
@@ -148,6 +171,7 @@ class Upstream:
     timeout: float = 60.0
     max_retries: int = 2
     backoff: float = 0.25
+    supports_n: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.base_url, str) or not self.base_url.startswith(
@@ -185,15 +209,30 @@ class Upstream:
         """The chat completions endpoint."""
         return self.base_url.rstrip("/") + "/chat/completions"
 
+    def __repr__(self) -> str:  # never print the key
+        key = None if self.api_key is None else "***"
+        return (
+            f"Upstream(base_url={self.base_url!r}, model={self.model!r}, "
+            f"api_key={key}, timeout={self.timeout!r}, supports_n={self.supports_n})"
+        )
+
 
 class _UpstreamError(Exception):
-    """An upstream call failed after its retries."""
+    """An upstream call failed after its retries.
+
+    ``message`` is client-facing (no URL, no control character); ``status`` is
+    the upstream's last HTTP status, None for timeouts and broken connections.
+    """
 
     def __init__(self, side: str, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.side = side
         self.status = status
-        self.message = message
+        self.message = scrub(message)
+
+    @property
+    def client_fault(self) -> bool:
+        return self.status in _CLIENT_FAULT_STATUS
 
 
 async def _post_json(
@@ -227,13 +266,14 @@ async def _post_json(
         except asyncio.TimeoutError:
             last, status = f"timed out after {up.timeout:g} s", None
         except (aiohttp.ClientError, OSError) as exc:
-            last, status = f"{type(exc).__name__}: {exc}", None
+            last, status = f"connection failed ({type(exc).__name__})", None
+            _LOG.warning("%s upstream %s: %s", side, up.base_url, exc)
         else:
             status = code
             if code < 400:
                 try:
                     out = json.loads(raw)
-                except ValueError:
+                except (ValueError, RecursionError):
                     last = "answer is not JSON"
                 else:
                     if isinstance(out, dict):
@@ -245,9 +285,7 @@ async def _post_json(
                     metrics.inc("r2vcal_upstream_errors_total", side=side)
                     raise _UpstreamError(side, last, code)
         metrics.inc("r2vcal_upstream_errors_total", side=side)
-    raise _UpstreamError(
-        side, f"{last} ({up.max_retries + 1} attempts to {up.url})", status
-    )
+    raise _UpstreamError(side, f"{last} ({up.max_retries + 1} attempts)", status)
 
 
 def _error_message(text: str) -> str:
@@ -255,9 +293,9 @@ def _error_message(text: str) -> str:
         doc = json.loads(text)
         err = doc.get("error", doc) if isinstance(doc, dict) else doc
         msg = err.get("message", err) if isinstance(err, dict) else err
-        return str(msg)[:300]
-    except ValueError:
-        return text[:300]
+        return scrub(msg)
+    except (ValueError, RecursionError):
+        return scrub(text)
 
 
 # --------------------------------------------------------------------------- #
@@ -312,12 +350,27 @@ _HELP = {
     "r2vcal_fallbacks_total": ("counter", "Steps answered by the other model."),
     "r2vcal_upstream_errors_total": ("counter", "Failed upstream attempts."),
     "r2vcal_tokens_total": ("counter", "Tokens reported by the upstreams."),
+    "r2vcal_cost_total": ("counter", "Cost units spent, by actor and model."),
+    "r2vcal_missing_logprobs_total": (
+        "counter",
+        "SLM answers without token log-probs (scored as certain).",
+    ),
+    "r2vcal_replayed_total": ("counter", "Client retries answered from the cache."),
+    "r2vcal_client_disconnects_total": (
+        "counter",
+        "Requests whose client left before the answer (upstream calls cancelled).",
+    ),
     "r2vcal_request_duration_seconds": ("histogram", "Request latency."),
     "r2vcal_proxy_overhead_seconds": (
         "histogram",
         "Request latency minus the time spent waiting for upstreams.",
     ),
 }
+
+
+def _label(value: str) -> str:
+    text = header_value(value, 120)
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 class _Metrics:
@@ -357,7 +410,7 @@ class _Metrics:
                     continue
                 for (n, labels), v in sorted(self.counters.items()):
                     if n == name:
-                        lab = ",".join(f'{k}="{val}"' for k, val in labels)
+                        lab = ",".join(f'{k}="{_label(val)}"' for k, val in labels)
                         lines.append(f"{name}{{{lab}}} {v:g}" if lab else f"{n} {v:g}")
         return "\n".join(lines) + "\n"
 
@@ -365,44 +418,6 @@ class _Metrics:
 # --------------------------------------------------------------------------- #
 # Reading requests and answers
 # --------------------------------------------------------------------------- #
-class _BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message, self.param = message, param
-
-
-def _error_body(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
-
-
-def _validate(body: Any) -> list[dict[str, Any]]:
-    if not isinstance(body, dict):
-        raise _BadRequest("The request body must be a JSON object.")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _BadRequest(
-            "'messages' must be a non-empty list of message objects; got "
-            f"{type(messages).__name__}.",
-            "messages",
-        )
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in _ROLES:
-            raise _BadRequest(
-                f"messages[{i}] must be an object whose 'role' is one of "
-                f"{sorted(_ROLES)}; got {m!r:.80}.",
-                f"messages[{i}].role",
-            )
-    n = body.get("n", 1)
-    if n not in (None, 1):
-        raise _BadRequest(
-            f"The proxy returns one choice per request; 'n' must be 1, got {n!r}.",
-            "n",
-        )
-    if not isinstance(body.get("stream", False), (bool, type(None))):
-        raise _BadRequest("'stream' must be a boolean.", "stream")
-    return messages
-
-
 def _content_text(content: Any) -> str:
     if content is None:
         return ""
@@ -413,23 +428,6 @@ def _content_text(content: Any) -> str:
             str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content
         )
     return str(content)
-
-
-def _conversation_id(headers: Mapping[str, str], body: dict[str, Any]) -> str:
-    cid = headers.get(CONVERSATION_HEADER)
-    if cid:
-        return cid[:200]
-    user = body.get("user")
-    if isinstance(user, str) and user:
-        return user[:200]
-    head = json.dumps(
-        [[m.get("role"), _content_text(m.get("content"))] for m in body["messages"][:2]]
-    )
-    return "h-" + hashlib.sha1(head.encode()).hexdigest()[:16]
-
-
-def _turn_index(messages: Sequence[dict[str, Any]]) -> int:
-    return sum(m.get("role") == "assistant" for m in messages)
 
 
 def _tool_error(messages: Sequence[dict[str, Any]], pattern: re.Pattern[str]) -> bool:
@@ -503,11 +501,6 @@ def _choice_logprobs(choice: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray 
     return lp, np.maximum(-plogp - rlogr, 0.0)
 
 
-def _header_value(text: Any) -> str:
-    out = str(text).encode("ascii", "replace").decode()
-    return re.sub(r"[\r\n]+", " ", out)[:300]
-
-
 # --------------------------------------------------------------------------- #
 # Streaming (server-sent events) from a complete answer
 # --------------------------------------------------------------------------- #
@@ -547,73 +540,77 @@ def _sse(doc: Mapping[str, Any], *, include_usage: bool) -> list[bytes]:
     return [*out, b"data: [DONE]\n\n"]
 
 
+def _add_usage(*docs: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The summed ``usage`` of several answers (None when none reports one)."""
+    out: dict[str, Any] = {}
+    for doc in docs:
+        usage = None if doc is None else doc.get("usage")
+        if not isinstance(usage, dict):
+            continue
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            v = usage.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[key] = out.get(key, 0) + int(v)
+    if not out:
+        return None
+    out.setdefault("prompt_tokens", 0)
+    out.setdefault("completion_tokens", 0)
+    out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
+    return out
+
+
+def _retry_count(headers: Mapping[str, str]) -> int | None:
+    raw = headers.get("x-stainless-retry-count")
+    try:
+        return None if raw is None else int(raw)
+    except ValueError:
+        return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # --------------------------------------------------------------------------- #
 # Decision log
 # --------------------------------------------------------------------------- #
-class _ParquetLog:
-    """Decisions written as row groups of one Parquet file (closed at shutdown)."""
+def _log_schema(feature_names: Sequence[str]) -> Any:
+    import pyarrow as pa
 
-    def __init__(self, path: Path, feature_names: Sequence[str], every: int) -> None:
-        import pyarrow as pa
+    fields = [
+        ("action", pa.string()),
+        ("actor", pa.string()),
+        ("escalated", pa.bool_()),
+        ("risk", pa.float64()),
+        ("threshold", pa.float64()),
+        ("cost", pa.float64()),
+        ("episode_id", pa.string()),
+        ("step", pa.int64()),
+        ("candidates", pa.list_(pa.string())),
+        ("verifier_scores", pa.list_(pa.float64())),
+        ("chosen", pa.int64()),
+        ("budget_left", pa.int64()),
+        ("fallback", pa.string()),
+        ("group", pa.string()),
+        ("outcome", pa.bool_()),
+        ("token_logprobs", pa.list_(pa.list_(pa.float64()))),
+    ]
+    fields += [(f, pa.float64()) for f in feature_names]
+    return pa.schema(fields)
 
-        self.path, self.every = path, max(int(every), 1)
-        self.rows: list[dict[str, Any]] = []
-        self.writer: Any = None
-        self.lock = threading.Lock()
-        fields = [
-            ("action", pa.string()),
-            ("actor", pa.string()),
-            ("escalated", pa.bool_()),
-            ("risk", pa.float64()),
-            ("threshold", pa.float64()),
-            ("cost", pa.float64()),
-            ("episode_id", pa.string()),
-            ("step", pa.int64()),
-            ("candidates", pa.list_(pa.string())),
-            ("verifier_scores", pa.list_(pa.float64())),
-            ("chosen", pa.int64()),
-            ("budget_left", pa.int64()),
-            ("fallback", pa.string()),
-            ("group", pa.string()),
-            ("outcome", pa.bool_()),
-            ("token_logprobs", pa.list_(pa.list_(pa.float64()))),
-        ]
-        fields += [(f, pa.float64()) for f in feature_names]
-        self.schema = pa.schema(fields)
 
-    def append(self, d: Decision) -> None:
-        row = d.as_row()
-        if not math.isfinite(row["threshold"]):
-            row["threshold"] = None
-        for key in ("episode_id", "group"):
-            row[key] = None if row[key] is None else str(row[key])
-        with self.lock:
-            self.rows.append(row)
-            if len(self.rows) >= self.every:
-                self._flush()
-
-    def _flush(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if not self.rows:
-            return
-        table = pa.Table.from_pylist(self.rows, schema=self.schema)
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, self.schema)
-        self.writer.write_table(table)
-        self.rows = []
-
-    def close(self) -> None:
-        import pyarrow.parquet as pq
-
-        with self.lock:
-            self._flush()
-            if self.writer is None:  # no decision: an empty table with the columns
-                pq.write_table(self.schema.empty_table(), self.path)
-            else:
-                self.writer.close()
-            self.writer = None
+def _parquet_row(d: Decision) -> dict[str, Any]:
+    row = d.as_row()
+    if not math.isfinite(row["threshold"]):
+        row["threshold"] = None
+    for key in ("episode_id", "group"):
+        row[key] = None if row[key] is None else str(row[key])
+    return row
 
 
 # --------------------------------------------------------------------------- #
@@ -624,6 +621,24 @@ def _proxy_only(*args: Any, **kwargs: Any) -> Any:
         "The serve proxy calls the models itself; use decide()/resolve() on this "
         "cascade, not act()."
     )
+
+
+@dataclass
+class _Result:
+    """What one step produced: an answer (status 200) or an error body."""
+
+    status: int
+    doc: dict[str, Any]
+    headers: dict[str, str]
+    kind: str = "chat"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def _wait_disconnect(receive: Callable[[], Any]) -> None:
+    while True:
+        message = await receive()
+        if message.get("type") == "http.disconnect":
+            return
 
 
 class _Proxy:
@@ -637,11 +652,16 @@ class _Proxy:
         verifier_timeout: float,
         top_logprobs: int,
         served_model_name: str,
-        parquet: _ParquetLog | None,
+        parquet: ParquetLog | None,
         max_connections: int,
         conversation_ttl: float,
         keep_decisions: int,
         tool_error_pattern: str,
+        max_conversations: int,
+        max_turns: int,
+        retry_window: float,
+        api_keys: frozenset[str],
+        max_body_bytes: int,
     ) -> None:
         self.cascade, self.slm, self.llm = cascade, slm, llm
         self.verifier = _make_verifier(verifier)
@@ -650,43 +670,89 @@ class _Proxy:
         self.served_model_name = served_model_name
         self.parquet = parquet
         self.max_connections = max_connections
-        self.conversation_ttl = conversation_ttl
         self.keep_decisions = keep_decisions
         self.tool_error = re.compile(tool_error_pattern, re.IGNORECASE)
+        self.api_keys = api_keys
+        self.max_body_bytes = max_body_bytes
         self.metrics = _Metrics()
         self.client: aiohttp.ClientSession | None = None
         self.created = int(time.time())
-        self._turns: dict[str, tuple[int, float]] = {}
-        self._n_requests = 0
+        self.convs = ConversationTracker(
+            max_conversations=max_conversations,
+            max_turns=max_turns,
+            retry_window=retry_window,
+            ttl=conversation_ttl,
+            on_evict=self._evict,
+        )
+        self.upstream_state: dict[str, dict[str, Any]] = {
+            side: {"ok": None, "error": None, "at": None} for side in ("slm", "llm")
+        }
+        self._health: tuple[float, dict[str, Any]] | None = None
+        self._feature_names = list(cascade.featurizer.get_feature_names_out())
 
     # -------------------------------------------------------------- state
-    def _track(self, conv: str, turn: int) -> None:
-        """Step bookkeeping per conversation: new episodes and idle eviction."""
-        now = time.monotonic()
-        last = self._turns.get(conv)
-        if last is not None and turn < last[0]:
-            self.cascade.end_episode(conv)  # the history got shorter: a new episode
-        self._turns[conv] = (turn, now)
-        self._n_requests += 1
-        if self._n_requests % 256 == 0:
-            idle = [
-                c
-                for c, (_, t) in self._turns.items()
-                if now - t > self.conversation_ttl
-            ]
-            for c in idle:
-                self._turns.pop(c, None)
-                self.cascade.end_episode(c)
+    def _evict(self, conv_id: str) -> None:
+        self.cascade.end_episode(conv_id)
+
+    def _episode(self, conv_id: str) -> Any:
+        # StepCascade has no public way to charge a call made outside decide()
+        # or to cap an episode's decision list; both read its episode record.
+        return self.cascade._episode(conv_id, None)
+
+    def _after_decision(self, conv_id: str) -> None:
+        ep = self.cascade._episodes.get(conv_id)
+        if ep is not None:  # the proxy never reads them back: keep memory flat
+            ep.decisions.clear()
         extra = len(self.cascade.decisions_) - self.keep_decisions
         if extra > 0:
             del self.cascade.decisions_[:extra]
 
+    def _charge_fallback(
+        self, conv_id: str, reason: str, group: str | None
+    ) -> Decision | None:
+        """Charge an LLM call made because the SLM failed; None if the budget is spent."""
+        c = self.cascade
+        with c._lock:
+            ep = self._episode(conv_id)
+            tau = (
+                c.threshold
+                if c.budget is None
+                else c.budget.threshold(
+                    c.threshold, used=ep.used, step=ep.step, horizon=ep.horizon
+                )
+            )
+            if not math.isfinite(tau):
+                return None
+            ep.used += 1
+            step = ep.step
+            ep.step += 1
+            left = None if c.budget is None else c.budget.max_calls - ep.used
+        decision = Decision(
+            action="",
+            actor="llm",
+            escalated=True,
+            risk=math.nan,
+            threshold=float(tau),
+            features=dict.fromkeys(self._feature_names, math.nan),
+            cost=c.cost_slm + c.cost_llm,
+            episode_id=conv_id,
+            step=step,
+            budget_left=left,
+            fallback=reason,
+            group=group,
+        )
+        with c._lock:
+            c.decisions_.append(decision)
+        self._after_decision(conv_id)
+        return decision
+
     def _record(
         self, decision: Decision, action: str | None, error: str | None
     ) -> None:
+        """Log a decision: exactly once per decision, whatever happened."""
         self.cascade.resolve(decision, action, error=error)
         if self.parquet is not None:
-            self.parquet.append(decision)
+            self.parquet.append(_parquet_row(decision))
 
     # ----------------------------------------------------------- upstream
     def _client(self) -> aiohttp.ClientSession:
@@ -694,19 +760,62 @@ class _Proxy:
             raise RuntimeError("the proxy's HTTP client starts with the app")
         return self.client
 
+    def _note(self, side: str, error: str | None) -> None:
+        state = self.upstream_state[side]
+        state.update(ok=error is None, error=error, at=time.time())
+
     async def _call(
         self, up: Upstream, payload: dict[str, Any], side: str
     ) -> dict[str, Any]:
-        out = await _post_json(self._client(), up, payload, side, self.metrics)
+        try:
+            out = await _post_json(self._client(), up, payload, side, self.metrics)
+            problem = answer_problem(out)
+            if problem is not None:
+                self.metrics.inc("r2vcal_upstream_errors_total", side=side)
+                raise _UpstreamError(side, f"malformed answer: {problem}")
+        except _UpstreamError as exc:
+            self._note(side, exc.message)
+            raise
+        self._note(side, None)
         usage = out.get("usage") or {}
         for kind in ("prompt_tokens", "completion_tokens"):
             if isinstance(usage.get(kind), (int, float)):
                 self.metrics.inc(
                     "r2vcal_tokens_total", usage[kind], side=side, kind=kind[:-7]
                 )
-        if not isinstance(out.get("choices"), list) or not out["choices"]:
-            raise _UpstreamError(side, "answer has no choices")
         return out
+
+    async def _candidates(self, payload: dict[str, Any], k: int) -> dict[str, Any]:
+        """The SLM's ``k`` candidates: one ``n=k`` request, or ``k`` in parallel."""
+        cost = self.cascade.cost_slm
+        self.metrics.inc("r2vcal_cost_total", cost, actor="slm", model=self.slm.model)
+        if self.slm.supports_n or k == 1:
+            return await self._call(self.slm, {**payload, "n": k}, "slm")
+        one = {key: v for key, v in payload.items() if key != "n"}
+        seed = one.get("seed")
+        tasks = [
+            self._call(
+                self.slm, {**one, "seed": seed + i} if seed is not None else one, "slm"
+            )
+            for i in range(k)
+        ]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        docs = [r for r in results if isinstance(r, dict)]
+        if not docs:
+            err = next(r for r in results if isinstance(r, BaseException))
+            raise err
+        choices = [dict(d["choices"][0], index=i) for i, d in enumerate(docs)]
+        return {**docs[0], "choices": choices, "usage": _add_usage(*docs)}
+
+    async def _llm(self, payload: dict[str, Any]) -> dict[str, Any]:
+        self.metrics.inc(
+            "r2vcal_cost_total",
+            self.cascade.cost_llm,
+            actor="llm",
+            model=self.llm.model,
+        )
+        self.metrics.inc("r2vcal_escalations_total")
+        return await self._call(self.llm, payload, "llm")
 
     async def _score(self, messages: Any, texts: list[str]) -> list[float] | None:
         if self.verifier is None:
@@ -737,35 +846,141 @@ class _Proxy:
                     asyncio.to_thread(fn, messages, texts), self.verifier_timeout
                 )
             return _check_scores(res, len(texts))
+        except asyncio.CancelledError:
+            raise
         except Exception:  # a broken verifier must not fail the step
             self.metrics.inc("r2vcal_upstream_errors_total", side="verifier")
             return None
 
+    # ------------------------------------------------------------ helpers
+    def _check_auth(self, headers: Mapping[str, str]) -> None:
+        if not self.api_keys:
+            return
+        auth = headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        token = token or headers.get("api-key", "")
+        if not any(hmac.compare_digest(token, k) for k in self.api_keys):
+            raise BadRequest(
+                "Incorrect or missing API key: send 'Authorization: Bearer <key>' "
+                "with a key given to r2vcal serve (--api-key).",
+                status=401,
+                code="invalid_api_key",
+            )
+
+    async def _read_body(self, request: Any) -> bytes:
+        limit = self.max_body_bytes
+        size = request.headers.get("content-length")
+        too_big = BadRequest(
+            f"The request body is larger than the proxy's limit of {limit} bytes.",
+            status=413,
+        )
+        if size is not None and size.isdigit() and int(size) > limit:
+            raise too_big
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _until_disconnect(self, request: Any, coro: Any) -> _Result | None:
+        """Run a step; cancel it (and its upstream calls) if the client leaves."""
+        work = asyncio.ensure_future(coro)
+        watch = asyncio.ensure_future(_wait_disconnect(request.receive))
+        try:
+            done, _ = await asyncio.wait(
+                {work, watch}, return_when=asyncio.FIRST_COMPLETED
+            )
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            watch.cancel()
+        if work in done:
+            return work.result()  # type: ignore[no-any-return]
+        work.cancel()
+        try:
+            await work
+        except asyncio.CancelledError:
+            pass
+        self.metrics.inc("r2vcal_client_disconnects_total")
+        return None
+
     # ------------------------------------------------------------- handler
     async def chat(self, request: Any) -> Any:
-        from fastapi.responses import JSONResponse, StreamingResponse
-
         t0 = time.perf_counter()
-        waited = 0.0
         try:
-            body = json.loads(await request.body())
-            messages = _validate(body)
-        except ValueError:
-            return self._fail(400, "The request body is not valid JSON.", t0)
-        except _BadRequest as exc:
-            return self._fail(400, exc.message, t0, param=exc.param)
-        conv = _conversation_id(request.headers, body)
-        turn = _turn_index(messages)
-        self._track(conv, turn)
-        client_logprobs = bool(body.get("logprobs"))
-        base = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-        headers: dict[str, str] = {"x-r2vcal-conversation": _header_value(conv)}
+            self._check_auth(request.headers)
+            body = parse_json(await self._read_body(request))
+            messages = validate_chat(body)
+        except BadRequest as exc:
+            return self._fail(exc, t0)
+        return await self._serve(request, body, messages, t0, "chat")
 
+    async def _serve(
+        self,
+        request: Any,
+        body: dict[str, Any],
+        messages: list[dict[str, Any]],
+        t0: float,
+        kind: str,
+        previous: str | None = None,
+    ) -> Any:
+        match = self.convs.match(
+            explicit_id(request.headers, body),
+            messages,
+            retry_count=_retry_count(request.headers),
+            previous=previous,
+        )
+        conv = match.conv
+        if match.kind == "retry":
+            res = conv.cached
+            if res is None and conv.pending is not None:
+                res = await asyncio.shield(conv.pending)
+            if res is not None:
+                self.metrics.inc("r2vcal_replayed_total")
+                headers = {**res.headers, "x-r2vcal-retry": "true"}
+                return self._respond(
+                    _Result(200, res.doc, headers, res.kind, res.extra), body, t0, 0.0
+                )
+        if match.kind == "new_episode":
+            self.cascade.end_episode(conv.id)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        conv.pending = fut
+        res = None
+        try:
+            res = await self._until_disconnect(
+                request, self._step(conv.id, body, messages, kind)
+            )
+        finally:
+            conv.pending = None
+            ok = res is not None and res.status == 200
+            fut.set_result(res if ok else None)
+        if res is None:  # the client left: nobody reads an answer
+            from fastapi.responses import Response
+
+            return Response(status_code=499)
+        if res.status == 200:
+            self.convs.answered(conv, res.extra["message"], res)
+        return self._respond(res, body, t0, res.extra.get("waited", 0.0))
+
+    async def _step(
+        self, conv: str, body: dict[str, Any], messages: list[dict[str, Any]], kind: str
+    ) -> _Result:
+        waited = 0.0
+        client_logprobs = bool(body.get("logprobs"))
+        base = {
+            k: v
+            for k, v in body.items()
+            if k not in ("stream", "stream_options", "metadata", "prompt_cache_key")
+        }
+        headers: dict[str, str] = {"x-r2vcal-conversation": header_value(conv)}
+        user = body.get("user") if isinstance(body.get("user"), str) else None
         k = self.cascade.k
         slm_payload = {
             **base,
             "model": self.slm.model,
-            "n": k,
             "logprobs": True,
             "stream": False,
         }
@@ -778,133 +993,264 @@ class _Proxy:
 
         t = time.perf_counter()
         try:
-            slm_doc: dict[str, Any] | None = await self._call(
-                self.slm, slm_payload, "slm"
-            )
+            slm_doc: dict[str, Any] | None = await self._candidates(slm_payload, k)
             slm_error = None
         except _UpstreamError as exc:
             slm_doc, slm_error = None, exc
         waited += time.perf_counter() - t
 
-        answer: dict[str, Any]
+        if slm_error is not None and slm_error.client_fault:  # the client's fault
+            return _Result(
+                slm_error.status or 400,
+                error_body(
+                    f"The small model refused the request: {slm_error.message}",
+                    "invalid_request_error",
+                ),
+                headers,
+            )
         if slm_doc is None or slm_error is not None:  # the LLM answers, no routing
             slm_error = slm_error or _UpstreamError("slm", "no answer")
-            self.metrics.inc("r2vcal_fallbacks_total", side="llm")
-            headers.update(
-                {
-                    "x-r2vcal-escalated": "true",
-                    "x-r2vcal-risk": "nan",
-                    "x-r2vcal-fallback": _header_value(f"slm: {slm_error.message}"),
-                }
+            return await self._llm_only(
+                conv, llm_payload, slm_error, headers, user, waited
             )
+
+        choices = sorted(slm_doc["choices"], key=lambda c: c.get("index", 0))
+        choices = [choices[i % len(choices)] for i in range(k)]
+        texts = [_choice_text(c) for c in choices]
+        parts = [_choice_logprobs(c) for c in choices]
+        if any(p[0].size == 0 for p in parts):
+            self.metrics.inc("r2vcal_missing_logprobs_total")
+            headers["x-r2vcal-logprobs"] = "missing"
+        ents = [p[1] for p in parts]
+        t = time.perf_counter()
+        scores = await self._score(messages, texts)
+        waited += time.perf_counter() - t
+        usage = slm_doc.get("usage") or {}
+        ctx_len = usage.get("prompt_tokens")
+        if not isinstance(ctx_len, (int, float)) or isinstance(ctx_len, bool):
+            ctx_len = sum(
+                len(_content_text(m.get("content")).split()) for m in messages
+            )
+        decision = self.cascade.decide(
+            messages,
+            texts,
+            [p[0] for p in parts],
+            token_entropies=None if any(e is None for e in ents) else ents,
+            verifier_scores=scores,
+            episode_id=conv,
+            context_length=float(ctx_len),
+            tool_error=_tool_error(messages, self.tool_error),
+            group=user,
+        )
+        self._after_decision(conv)
+        headers.update(
+            {
+                "x-r2vcal-escalated": "true" if decision.escalated else "false",
+                "x-r2vcal-risk": f"{decision.risk:.6f}",
+                "x-r2vcal-threshold": f"{decision.threshold:.6f}",
+                "x-r2vcal-step": str(decision.step),
+            }
+        )
+        llm_doc: dict[str, Any] | None = None
+        if decision.escalated:
             t = time.perf_counter()
+            action: str | None = None
+            error: str | None = "llm: internal error"
             try:
-                answer = await self._call(self.llm, llm_payload, "llm")
+                llm_doc = await self._llm(llm_payload)
+                action, error = _choice_text(llm_doc["choices"][0]), None
             except _UpstreamError as exc:
+                self.metrics.inc("r2vcal_fallbacks_total", side="slm")
+                error = f"llm: {exc.message}"
+                headers["x-r2vcal-fallback"] = header_value(error)
+            except asyncio.CancelledError:
+                error = "llm: the client disconnected"
+                raise
+            finally:
                 waited += time.perf_counter() - t
-                return self._fail(
-                    exc.status if exc.status and 400 <= exc.status < 500 else 502,
-                    f"Both models failed. SLM: {slm_error.message}; LLM: {exc.message}",
-                    t0,
-                    kind="upstream_error",
-                    headers=headers,
-                )
-            waited += time.perf_counter() - t
-            headers["x-r2vcal-model"] = _header_value(
-                answer.get("model") or self.llm.model
-            )
-            self.metrics.inc("r2vcal_escalations_total")
+                self._record(decision, action, error)
         else:
-            choices = sorted(slm_doc["choices"], key=lambda c: c.get("index", 0))
-            choices = [choices[i % len(choices)] for i in range(k)]
-            texts = [_choice_text(c) for c in choices]
-            parts = [_choice_logprobs(c) for c in choices]
-            ents = [p[1] for p in parts]
-            t = time.perf_counter()
-            scores = await self._score(messages, texts)
+            self._record(decision, None, None)
+        if llm_doc is None:
+            chosen = dict(choices[decision.chosen])
+            chosen["index"] = 0
+            if not client_logprobs:
+                chosen["logprobs"] = None
+            answer = {**slm_doc, "choices": [chosen]}
+            who = slm_doc.get("model") or self.slm.model
+        else:
+            answer = {**llm_doc, "usage": _add_usage(slm_doc, llm_doc)}
+            who = llm_doc.get("model") or self.llm.model
+        headers["x-r2vcal-model"] = header_value(who)
+        headers["x-r2vcal-cost"] = f"{decision.cost:g}"
+        message = answer["choices"][0].get("message") or {}
+        return _Result(
+            200, answer, headers, extra={"message": message, "waited": waited}
+        )
+
+    async def _llm_only(
+        self,
+        conv: str,
+        llm_payload: dict[str, Any],
+        slm_error: _UpstreamError,
+        headers: dict[str, str],
+        user: str | None,
+        waited: float,
+    ) -> _Result:
+        reason = f"slm: {slm_error.message}"
+        headers.update(
+            {
+                "x-r2vcal-escalated": "true",
+                "x-r2vcal-risk": "nan",
+                "x-r2vcal-fallback": header_value(reason),
+            }
+        )
+        decision = self._charge_fallback(conv, reason, user)
+        if decision is None:
+            headers["x-r2vcal-escalated"] = "false"
+            return _Result(
+                502,
+                error_body(
+                    f"The small model failed ({slm_error.message}) and this "
+                    "conversation's LLM budget is spent.",
+                    "upstream_error",
+                ),
+                headers,
+            )
+        headers["x-r2vcal-step"] = str(decision.step)
+        headers["x-r2vcal-threshold"] = f"{decision.threshold:.6f}"
+        self.metrics.inc("r2vcal_fallbacks_total", side="llm")
+        t = time.perf_counter()
+        action: str | None = None
+        error: str | None = f"{reason}; llm: internal error"
+        try:
+            answer = await self._llm(llm_payload)
+            action, error = _choice_text(answer["choices"][0]), None
+        except _UpstreamError as exc:
+            error = f"{reason}; llm: {exc.message}"
+            status = exc.status if exc.status and 400 <= exc.status < 500 else 502
+            return _Result(
+                status,
+                error_body(
+                    f"Both models failed. SLM: {slm_error.message}; LLM: {exc.message}",
+                    "upstream_error",
+                ),
+                headers,
+            )
+        except asyncio.CancelledError:
+            error = f"{reason}; llm: the client disconnected"
+            raise
+        finally:
             waited += time.perf_counter() - t
-            usage = slm_doc.get("usage") or {}
-            ctx_len = usage.get("prompt_tokens")
-            if not isinstance(ctx_len, (int, float)):
-                ctx_len = sum(
-                    len(_content_text(m.get("content")).split()) for m in messages
-                )
-            decision = self.cascade.decide(
-                messages,
-                texts,
-                [p[0] for p in parts],
-                token_entropies=None if any(e is None for e in ents) else ents,
-                verifier_scores=scores,
-                episode_id=conv,
-                context_length=float(ctx_len),
-                tool_error=_tool_error(messages, self.tool_error),
-                group=body.get("user") if isinstance(body.get("user"), str) else None,
-            )
-            headers.update(
-                {
-                    "x-r2vcal-escalated": "true" if decision.escalated else "false",
-                    "x-r2vcal-risk": f"{decision.risk:.6f}",
-                    "x-r2vcal-threshold": f"{decision.threshold:.6f}",
-                    "x-r2vcal-step": str(decision.step),
-                }
-            )
-            llm_doc: dict[str, Any] | None = None
-            if decision.escalated:
-                self.metrics.inc("r2vcal_escalations_total")
-                t = time.perf_counter()
-                try:
-                    llm_doc = await self._call(self.llm, llm_payload, "llm")
-                except _UpstreamError as exc:
-                    self.metrics.inc("r2vcal_fallbacks_total", side="slm")
-                    headers["x-r2vcal-fallback"] = _header_value(f"llm: {exc.message}")
-                    self._record(decision, None, f"llm: {exc.message}")
-                else:
-                    self._record(decision, _choice_text(llm_doc["choices"][0]), None)
-                waited += time.perf_counter() - t
-            else:
-                self._record(decision, None, None)
-            if llm_doc is None:
-                chosen = dict(choices[decision.chosen])
-                chosen["index"] = 0
-                if not client_logprobs:
-                    chosen["logprobs"] = None
-                answer = {**slm_doc, "choices": [chosen]}
-                who = slm_doc.get("model") or self.slm.model
-            else:
-                answer, who = llm_doc, llm_doc.get("model") or self.llm.model
-            headers["x-r2vcal-model"] = _header_value(who)
+            self._record(decision, action, error)
+            decision.fallback = reason if action is not None else error
+        headers["x-r2vcal-model"] = header_value(answer.get("model") or self.llm.model)
+        headers["x-r2vcal-cost"] = f"{decision.cost:g}"
+        message = answer["choices"][0].get("message") or {}
+        return _Result(
+            200, answer, headers, extra={"message": message, "waited": waited}
+        )
+
+    def _respond(
+        self, res: _Result, body: Mapping[str, Any], t0: float, waited: float
+    ) -> Any:
+        from fastapi.responses import JSONResponse, StreamingResponse
 
         total = time.perf_counter() - t0
-        self.metrics.inc("r2vcal_requests_total", status="200")
+        self.metrics.inc("r2vcal_requests_total", status=str(res.status))
         self.metrics.observe("r2vcal_request_duration_seconds", total)
+        if res.status != 200:
+            return JSONResponse(res.doc, status_code=res.status, headers=res.headers)
         self.metrics.observe("r2vcal_proxy_overhead_seconds", max(total - waited, 0.0))
+        if res.kind == "responses":
+            from r2vcal._serve_responses import response_from_chat
+
+            return response_from_chat(res, body)
         if body.get("stream"):
             opts = body.get("stream_options") or {}
-            events = _sse(answer, include_usage=bool(opts.get("include_usage")))
+            events = _sse(res.doc, include_usage=bool(opts.get("include_usage")))
             return StreamingResponse(
-                iter(events), media_type="text/event-stream", headers=headers
+                iter(events), media_type="text/event-stream", headers=res.headers
             )
-        return JSONResponse(answer, headers=headers)
+        return JSONResponse(res.doc, headers=res.headers)
 
-    def _fail(
-        self,
-        status: int,
-        message: str,
-        t0: float,
-        *,
-        kind: str = "invalid_request_error",
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Any:
+    def _fail(self, exc: BadRequest, t0: float) -> Any:
         from fastapi.responses import JSONResponse
 
-        self.metrics.inc("r2vcal_requests_total", status=str(status))
+        self.metrics.inc("r2vcal_requests_total", status=str(exc.status))
         self.metrics.observe(
             "r2vcal_request_duration_seconds", time.perf_counter() - t0
         )
+        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse(
-            _error_body(message, kind, param), status_code=status, headers=headers
+            error_body(exc.message, exc.kind, exc.param, exc.code),
+            status_code=exc.status,
+            headers=headers,
         )
+
+    # -------------------------------------------------------------- health
+    async def health(self) -> tuple[int, dict[str, Any]]:
+        """Probe both upstreams (``GET /models``, cached 5 s)."""
+        now = time.monotonic()
+        if self._health is not None and now - self._health[0] < 5.0:
+            return self._health[1]["_code"], self._health[1]
+        sides = await asyncio.gather(self._probe(self.slm), self._probe(self.llm))
+        up = {"slm": sides[0], "llm": sides[1]}
+        for side, state in up.items():
+            state["last_call"] = dict(self.upstream_state[side])
+        n_ok = sum(s["ok"] for s in up.values())
+        status = {2: "ok", 1: "degraded", 0: "down"}[n_ok]
+        doc: dict[str, Any] = {
+            "status": status,
+            **up,
+            "k": self.cascade.k,
+            "threshold": self.cascade.threshold,
+            "conversations": len(self.convs),
+            "_code": 200 if n_ok else 503,
+        }
+        self._health = (now, doc)
+        return doc["_code"], doc
+
+    async def _probe(self, up: Upstream) -> dict[str, Any]:
+        import aiohttp
+
+        headers = {"Authorization": f"Bearer {up.api_key}"} if up.api_key else {}
+        out: dict[str, Any] = {"model": up.model, "ok": False, "status": None}
+        try:
+            async with self._client().get(
+                up.base_url.rstrip("/") + "/models",
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=min(up.timeout, 2.0)),
+            ) as r:
+                out["status"] = r.status
+                # a server without /models (404/405) is up all the same
+                out["ok"] = r.status < 300 or r.status in (404, 405)
+                if r.status == 200:
+                    doc = await r.json(content_type=None)
+                    ids = [
+                        m.get("id")
+                        for m in (doc.get("data") or [])
+                        if isinstance(m, dict)
+                    ]
+                    out["model_listed"] = up.model in ids
+        except asyncio.TimeoutError:
+            out["error"] = "timed out"
+        except (aiohttp.ClientError, OSError, ValueError, AttributeError) as exc:
+            out["error"] = f"connection failed ({type(exc).__name__})"
+        return out
+
+
+def _api_keys(api_key: str | Iterable[str] | None) -> frozenset[str]:
+    if api_key is None:
+        env = os.environ.get("R2VCAL_API_KEY")
+        return frozenset([env]) if env else frozenset()
+    keys = [api_key] if isinstance(api_key, str) else list(api_key)
+    if not keys or not all(isinstance(k, str) and k.strip() for k in keys):
+        raise ValueError(
+            "The 'api_key' parameter of create_app must be a non-empty str or a "
+            f"list of them. Got {api_key!r:.40} instead."
+        )
+    return frozenset(k.strip() for k in keys)
 
 
 def create_app(
@@ -926,6 +1272,11 @@ def create_app(
     conversation_ttl: float = 3600.0,
     keep_decisions: int = 1000,
     tool_error_pattern: str = TOOL_ERROR_PATTERN,
+    max_conversations: int = 10_000,
+    max_turns: int = 64,
+    retry_window: float = 30.0,
+    api_key: str | Iterable[str] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """Build the proxy as a FastAPI app (serve it with uvicorn).
 
@@ -945,16 +1296,18 @@ def create_app(
     threshold : float, default=None
         Base escalation threshold; None takes the router's ``threshold_``.
     budget : int or BudgetRule, default=None
-        LLM calls per conversation (None: unlimited).
+        LLM calls per conversation (None: unlimited). Every LLM call counts,
+        including those made because the SLM failed.
     horizon : int, default=50
         The conversations' step limit (for ``step_fraction`` and paced budgets).
     top_logprobs : int, default=5
         Alternatives per token requested from the SLM (token entropies are
         computed from them); 0 asks for none and entropy falls back to surprisal.
     log_path : str or Path, default=None
-        Decision log: ``.jsonl`` (one line per decision, appended and flushed)
-        or ``.parquet`` (row groups of ``log_flush_every`` decisions; the file
-        is complete once the server shuts down).
+        Decision log: ``.jsonl`` (one line per decision, appended and flushed;
+        recommended) or ``.parquet`` (a part file per ``log_flush_every``
+        decisions in ``<log_path>.parts/``, merged into ``log_path`` at a clean
+        shutdown; a restart appends).
     log_flush_every : int, default=100
     served_model_name : str, default="r2vcal"
         The model id listed by ``GET /v1/models``.
@@ -967,6 +1320,20 @@ def create_app(
         Decisions kept in memory (``app.state.cascade.decisions_``).
     tool_error_pattern : str, default=TOOL_ERROR_PATTERN
         Regular expression that marks a tool message as an error.
+    max_conversations : int, default=10_000
+        Conversations kept in memory; the least recently used is dropped first
+        (its next request starts a fresh budget).
+    max_turns : int, default=64
+        Answers remembered per conversation to recognise its next request.
+    retry_window : float, default=30.0
+        Seconds within which a repeated request is a retry, for clients that
+        do not send ``x-stainless-retry-count``.
+    api_key : str or list of str, default=None
+        Keys a client must send as ``Authorization: Bearer <key>`` on
+        ``/v1/*``; None reads ``$R2VCAL_API_KEY`` and, if unset, accepts any
+        request (:func:`run_server` warns when that is off loopback).
+    max_body_bytes : int, default=32 MiB
+        Larger request bodies get 413.
 
     Returns
     -------
@@ -984,6 +1351,7 @@ def create_app(
     from contextlib import asynccontextmanager
 
     from fastapi.responses import JSONResponse, PlainTextResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     for name, up in (("slm", slm), ("llm", llm)):
         if not isinstance(up, Upstream):
@@ -996,6 +1364,22 @@ def create_app(
             "The 'top_logprobs' parameter of create_app must be an int in [0, 20]. "
             f"Got {top_logprobs!r} instead."
         )
+    for pname, value, lo in (
+        ("max_conversations", max_conversations, 1),
+        ("max_turns", max_turns, 1),
+        ("max_body_bytes", max_body_bytes, 1024),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ValueError(
+                f"The '{pname}' parameter of create_app must be an int >= {lo}. "
+                f"Got {value!r} instead."
+            )
+    if not (isinstance(retry_window, (int, float)) and retry_window >= 0):
+        raise ValueError(
+            "The 'retry_window' parameter of create_app must be a number >= 0. "
+            f"Got {retry_window!r} instead."
+        )
+    keys = _api_keys(api_key)
     parquet = None
     jsonl = None
     if log_path is not None:
@@ -1023,8 +1407,10 @@ def create_app(
     plog = (
         None
         if parquet is None
-        else _ParquetLog(
-            parquet, list(cascade.featurizer.get_feature_names_out()), log_flush_every
+        else ParquetLog(
+            parquet,
+            _log_schema(list(cascade.featurizer.get_feature_names_out())),
+            log_flush_every,
         )
     )
     proxy = _Proxy(
@@ -1040,6 +1426,11 @@ def create_app(
         conversation_ttl=conversation_ttl,
         keep_decisions=keep_decisions,
         tool_error_pattern=tool_error_pattern,
+        max_conversations=max_conversations,
+        max_turns=max_turns,
+        retry_window=float(retry_window),
+        api_keys=keys,
+        max_body_bytes=max_body_bytes,
     )
 
     @asynccontextmanager
@@ -1059,27 +1450,38 @@ def create_app(
         title="r2vcal serve",
         description="OpenAI-compatible proxy with calibrated SLM->LLM escalation.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.cascade = cascade
     app.state.proxy = proxy
 
-    # A plain Starlette route: the handler reads the raw request itself.
+    # Plain Starlette routes: the handlers read the raw request themselves.
     app.router.add_route("/v1/chat/completions", proxy.chat, methods=["POST"])
+    try:
+        from r2vcal._serve_responses import add_responses_route
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        add_responses_route(app, proxy)
 
-    @app.get("/v1/models")
-    async def models() -> Any:
+    async def models(request: Any) -> Any:
+        try:
+            proxy._check_auth(request.headers)
+        except BadRequest as exc:
+            return proxy._fail(exc, time.perf_counter())
         card = {"object": "model", "created": proxy.created, "owned_by": "r2vcal"}
-        return {"object": "list", "data": [{"id": served_model_name, **card}]}
+        return JSONResponse(
+            {"object": "list", "data": [{"id": served_model_name, **card}]}
+        )
+
+    app.router.add_route("/v1/models", models, methods=["GET"])
 
     @app.get("/health")
     async def health() -> Any:
-        return {
-            "status": "ok",
-            "slm": slm.model,
-            "llm": llm.model,
-            "k": cascade.k,
-            "threshold": cascade.threshold,
-        }
+        code, doc = await proxy.health()
+        return JSONResponse({k: v for k, v in doc.items() if k != "_code"}, code)
 
     @app.get("/metrics")
     async def metrics() -> Any:
@@ -1087,11 +1489,40 @@ def create_app(
             proxy.metrics.render(), media_type="text/plain; version=0.0.4"
         )
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Any, exc: Any) -> Any:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        where = header_value(f"{request.method} {request.url.path}", 200)
+        message = {
+            404: f"Unknown path: {where}. The proxy serves POST /v1/chat/completions, "
+            "POST /v1/responses, GET /v1/models, /health and /metrics.",
+            405: f"Method not allowed: {where}.",
+        }.get(exc.status_code, scrub(str(exc.detail)))
+        proxy.metrics.inc("r2vcal_requests_total", status=str(exc.status_code))
+        return JSONResponse(
+            error_body(message, "invalid_request_error", None, code),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
     @app.exception_handler(Exception)
     async def internal_error(request: Any, exc: Exception) -> Any:
+        if isinstance(exc, RecursionError):
+            proxy.metrics.inc("r2vcal_requests_total", status="400")
+            return JSONResponse(
+                error_body(
+                    "The request is nested too deeply.", "invalid_request_error"
+                ),
+                status_code=400,
+            )
+        _LOG.exception("internal error in r2vcal serve")
         proxy.metrics.inc("r2vcal_requests_total", status="500")
         return JSONResponse(
-            _error_body(f"{type(exc).__name__}: {exc}", "server_error"),
+            error_body(
+                f"Internal error in the r2vcal proxy ({type(exc).__name__}); "
+                "the server log has the details.",
+                "server_error",
+            ),
             status_code=500,
         )
 
@@ -1173,12 +1604,31 @@ def run_in_thread(
     return BackgroundServer(f"http://{host}:{bound}", bound, server, thread)
 
 
+def _warn_if_open(app: Any, host: str) -> None:
+    proxy = getattr(getattr(app, "state", None), "proxy", None)
+    if proxy is None or proxy.api_keys or _is_loopback(host):
+        return
+    message = (
+        f"r2vcal serve is listening on {host} without an API key: anyone who can "
+        "reach this port can spend your LLM budget. Set R2VCAL_API_KEY (or "
+        "create_app(api_key=...)) or bind to 127.0.0.1."
+    )
+    print("\n" + "!" * 78 + f"\nWARNING: {message}\n" + "!" * 78, file=sys.stderr)
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
 def run_server(
     app: Any, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"
 ) -> None:
-    """Serve an app in the foreground (what ``r2vcal serve`` does)."""
+    """Serve an app in the foreground (what ``r2vcal serve`` does).
+
+    Warns loudly when ``host`` is not a loopback address and the app accepts
+    requests without an API key (``create_app(api_key=...)`` or
+    ``$R2VCAL_API_KEY``): anyone who reaches the port spends the LLM budget.
+    """
     try:
         import uvicorn
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError(_MISSING_EXTRA) from exc
+    _warn_if_open(app, host)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

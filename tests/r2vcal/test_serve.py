@@ -195,8 +195,8 @@ def test_routes_on_the_conversation_and_sets_headers(router, fakes, tmp_path):
     log = tmp_path / "decisions.jsonl"
     app, server = _proxy(router, fakes, log_path=log, budget=1)
     with server:
-        r0 = _post(server.url, _messages(), user="ep")
-        r1 = _post(server.url, _messages("Traceback: FileNotFoundError"), user="ep")
+        r0 = _post(server.url, _messages(), headers={CONVERSATION_HEADER: "ep"}, user="alice")
+        r1 = _post(server.url, _messages("Traceback: FileNotFoundError"), headers={CONVERSATION_HEADER: "ep"}, user="alice")
         r2 = _post(
             server.url,
             [
@@ -204,7 +204,7 @@ def test_routes_on_the_conversation_and_sets_headers(router, fakes, tmp_path):
                 {"role": "assistant", "content": "x"},
                 {"role": "tool", "content": "error"},
             ],
-            user="ep",
+            headers={CONVERSATION_HEADER: "ep"}, user="alice",
         )
     assert [r.status_code for r in (r0, r1, r2)] == [200, 200, 200]
     assert r0.headers["x-r2vcal-escalated"] == "false"
@@ -230,6 +230,7 @@ def test_routes_on_the_conversation_and_sets_headers(router, fakes, tmp_path):
     assert [r["actor"] for r in rows] == ["slm", "llm", "slm"]
     assert [r["tool_error"] for r in rows] == [0.0, 1.0, 1.0]
     assert rows[1]["action"] == "llm: look" and rows[0]["episode_id"] == "ep"
+    assert {r["group"] for r in rows} == {"alice"}  # `user` is a label, not an id
     assert set(FEATURE_NAMES) <= set(rows[0])
     assert rows[0]["entropy_mean"] > 0  # from top_logprobs
     assert len(app.state.cascade.decisions_) == 3
@@ -248,22 +249,22 @@ def test_conversation_ids(router, fakes):
             )
             assert r.headers["x-r2vcal-conversation"] == cid
             assert r.headers["x-r2vcal-escalated"] == "true"
-        # no id at all: a hash of the first messages; same task -> same conversation
-        h1 = _post(server.url, _messages("error")).headers
-        h2 = _post(
-            server.url,
-            [
-                *_messages("error"),
-                {"role": "assistant", "content": "y"},
-                {"role": "tool", "content": "error"},
-            ],
-        ).headers
-        assert h1["x-r2vcal-conversation"] == h2["x-r2vcal-conversation"]
-        assert h1["x-r2vcal-conversation"].startswith("h-")
-        assert (h1["x-r2vcal-escalated"], h2["x-r2vcal-escalated"]) == ("true", "false")
         # a shorter history under the same id starts a new episode (fresh budget)
-        h3 = _post(server.url, _messages("error")).headers
-        assert (h3["x-r2vcal-step"], h3["x-r2vcal-escalated"]) == ("0", "true")
+        hdr = {CONVERSATION_HEADER: "a"}
+        r = _post(server.url, _messages(), headers=hdr)
+        assert (r.headers["x-r2vcal-step"], r.headers["x-r2vcal-escalated"]) == (
+            "0",
+            "false",
+        )
+        r = _post(server.url, _messages("error"), headers=hdr)
+        assert r.headers["x-r2vcal-escalated"] == "true"
+        # metadata and prompt_cache_key name conversations too
+        for extra in (
+            {"metadata": {"conversation_id": "m1"}},
+            {"prompt_cache_key": "p1"},
+        ):
+            r = _post(server.url, _messages("error"), **extra)
+            assert r.headers["x-r2vcal-conversation"] in ("m1", "p1")
 
 
 def test_tool_calls_pass_through_both_ways(router, tmp_path):
@@ -510,7 +511,9 @@ def test_parquet_log_and_refit(router, fakes, tmp_path):
     _app, server = _proxy(router, fakes, log_path=log, log_flush_every=2)
     with server:
         for i in range(5):
-            _post(server.url, _messages("error" if i % 2 else "ok"), user=f"u{i}")
+            msgs = _messages("error" if i % 2 else "ok")
+            msgs[1]["content"] += f" #{i}"  # five different tasks (no retries)
+            _post(server.url, msgs, user=f"u{i}")
     frame = pd.read_parquet(log)
     assert len(frame) == 5 and frame["escalated"].tolist() == [
         False,
@@ -519,7 +522,8 @@ def test_parquet_log_and_refit(router, fakes, tmp_path):
         True,
         False,
     ]
-    assert frame["episode_id"].tolist() == [f"u{i}" for i in range(5)]
+    assert frame["group"].tolist() == [f"u{i}" for i in range(5)]
+    assert frame["episode_id"].nunique() == 5
     refit = CVaRBrierRouter(calibration=None, random_state=0).fit(
         frame[list(FEATURE_NAMES)], frame["escalated"], groups=frame["group"]
     )

@@ -1,0 +1,403 @@
+"""State of ``r2vcal serve``: which conversation a request continues, and the log.
+
+Conversation identity (:class:`ConversationTracker`), in this order:
+
+1. an explicit id: the ``x-r2vcal-conversation`` header, then ``metadata``
+   (``conversation_id``, ``conversation``, ``session_id``, ``thread_id``), then
+   ``prompt_cache_key``. Under an explicit id a history with fewer assistant
+   turns than the last request starts a new episode;
+2. otherwise a fingerprint: every answer the proxy returns is remembered by a
+   hash of its content and tool calls (and its tool-call ids). A request whose
+   history contains one of them continues that conversation: the newest
+   assistant message of the request is looked up first, so a trimmed history
+   (system prompt + last turns) still resolves, and two interleaved rollouts of
+   one task stay apart because each continues its own last answer (identical
+   answers are handed out first-come, first-served). A request whose history
+   has no answer of the proxy starts a conversation;
+3. a retry, i.e. the same history as a conversation's last request, arriving
+   while its answer is the conversation's newest, gets the same answer again
+   without a new decision or upstream call. The OpenAI SDKs say which attempt
+   a request is (``x-stainless-retry-count``: 0 is a first attempt, never a
+   retry); without that header a repeat within ``retry_window`` seconds is a
+   retry.
+
+``user`` is an end-user label (the decision's ``group``), never a conversation.
+State is bounded: at most ``max_conversations`` (least recently used dropped
+first) and ``max_turns`` remembered answers each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__: list[str] = []
+
+#: ``metadata`` keys read as a conversation id, in order.
+METADATA_KEYS = ("conversation_id", "conversation", "session_id", "thread_id")
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content
+        )
+    return str(content)
+
+
+def _canonical_args(args: Any) -> Any:
+    if isinstance(args, str):
+        try:
+            return json.loads(args)
+        except ValueError:
+            return args.strip()
+    return args
+
+
+def message_key(msg: Mapping[str, Any]) -> str:
+    """A hash of an assistant message that survives client re-serialisation.
+
+    Content text (stripped) and the tool calls' names and arguments (parsed JSON
+    when they are JSON); ids, ``refusal`` and formatting are left out.
+    """
+    calls = msg.get("tool_calls") or []
+    if msg.get("function_call"):
+        calls = [*calls, {"function": msg["function_call"]}]
+    fns = [
+        [
+            (c.get("function") or {}).get("name"),
+            _canonical_args((c.get("function") or {}).get("arguments")),
+        ]
+        for c in calls
+        if isinstance(c, dict)
+    ]
+    raw = json.dumps([_text(msg.get("content")).strip(), fns], sort_keys=True)
+    return hashlib.blake2b(raw.encode(), digest_size=8).hexdigest()
+
+
+def request_key(messages: Sequence[Any]) -> str:
+    """A hash of a whole history (retry detection)."""
+    raw = json.dumps(messages, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
+
+
+def explicit_id(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
+    """The client's own conversation id, if it sent one."""
+    cid = headers.get("x-r2vcal-conversation")
+    if cid:
+        return cid[:200]
+    meta = body.get("metadata")
+    if isinstance(meta, dict):
+        for key in METADATA_KEYS:
+            v = meta.get(key)
+            if isinstance(v, str) and v:
+                return v[:200]
+    v = body.get("prompt_cache_key")
+    if isinstance(v, str) and v:
+        return v[:200]
+    return None
+
+
+@dataclass
+class Conversation:
+    """What the proxy remembers of one conversation."""
+
+    id: str
+    explicit: bool
+    answers: deque[str] = field(default_factory=lambda: deque(maxlen=64))
+    tip: str | None = None
+    turns: int = 0
+    last_request: str | None = None
+    last_seen: float = 0.0
+    last_answer_at: float = 0.0
+    cached: Any = None
+    pending: asyncio.Future[Any] | None = None
+
+
+@dataclass
+class Match:
+    """The tracker's verdict on a request."""
+
+    conv: Conversation
+    kind: str  # "new", "continue", "new_episode", "retry"
+
+
+class ConversationTracker:
+    """Resolve requests to conversations; bounded LRU state.
+
+    Parameters
+    ----------
+    max_conversations : int
+        Conversations kept; the least recently used is dropped first.
+    max_turns : int
+        Answers remembered per conversation.
+    retry_window : float
+        Seconds within which a repeated history is a retry, for clients that do
+        not number their attempts.
+    ttl : float
+        Seconds after which an idle conversation is dropped.
+    on_evict : callable
+        Called with the id of every dropped conversation.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_conversations: int,
+        max_turns: int,
+        retry_window: float,
+        ttl: float,
+        on_evict: Callable[[str], None],
+    ) -> None:
+        self.max_conversations = max_conversations
+        self.max_turns = max_turns
+        self.retry_window = retry_window
+        self.ttl = ttl
+        self.on_evict = on_evict
+        self.convs: OrderedDict[str, Conversation] = OrderedDict()
+        self._by_answer: dict[str, list[str]] = {}
+        self._by_request: dict[str, str] = {}
+        self._n = 0
+
+    def __len__(self) -> int:
+        return len(self.convs)
+
+    # ------------------------------------------------------------- lookup
+    def match(
+        self,
+        explicit: str | None,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        retry_count: int | None = None,
+        previous: str | None = None,
+    ) -> Match:
+        """The conversation of a request (see the module docstring)."""
+        now = time.monotonic()
+        self._n += 1
+        if self._n % 256 == 0:
+            self._expire(now)
+        req = request_key(messages)
+        turns = sum(m.get("role") == "assistant" for m in messages)
+        if explicit is not None:
+            conv = self.convs.get(explicit)
+            if conv is None:
+                conv = self._new(explicit, True)
+                return self._touch(Match(conv, "new"), req, turns, now)
+            if self._is_retry(conv, req, retry_count, now):
+                return self._touch(Match(conv, "retry"), None, turns, now)
+            if turns < conv.turns:
+                self._forget_answers(conv)
+                return self._touch(Match(conv, "new_episode"), req, turns, now)
+            return self._touch(Match(conv, "continue"), req, turns, now)
+        cid = self._by_request.get(req)
+        if cid is not None:
+            conv = self.convs[cid]
+            if self._is_retry(conv, req, retry_count, now):
+                return self._touch(Match(conv, "retry"), None, turns, now)
+        found = self._find(messages, previous)
+        if found is not None:
+            return self._touch(Match(found, "continue"), req, turns, now)
+        conv = self._new("c-" + secrets.token_hex(8), False)
+        return self._touch(Match(conv, "new"), req, turns, now)
+
+    def _is_retry(
+        self, conv: Conversation, req: str, retry_count: int | None, now: float
+    ) -> bool:
+        if conv.last_request != req or (conv.cached is None and conv.pending is None):
+            return False
+        if retry_count is not None:
+            return retry_count > 0
+        return now - conv.last_seen <= self.retry_window
+
+    def _find(
+        self, messages: Sequence[Mapping[str, Any]], previous: str | None
+    ) -> Conversation | None:
+        keys: list[str] = []
+        if previous:
+            keys.append("id:" + previous)
+        for m in reversed(messages):
+            role = m.get("role")
+            if role == "assistant":
+                keys.append(message_key(m))
+                for c in m.get("tool_calls") or []:
+                    if isinstance(c, dict) and isinstance(c.get("id"), str):
+                        keys.append("id:" + c["id"])
+            elif role in ("tool", "function") and isinstance(
+                m.get("tool_call_id"), str
+            ):
+                keys.append("id:" + m["tool_call_id"])
+        for key in keys:
+            ids = self._by_answer.get(key)
+            if not ids:
+                continue
+            # the conversation whose newest answer this is (first come, first
+            # served among identical answers), else the newest that gave it
+            for cid in ids:
+                if self.convs[cid].tip == key or key.startswith("id:"):
+                    return self.convs[cid]
+            return self.convs[ids[-1]]
+        return None
+
+    # ------------------------------------------------------------ updates
+    def _new(self, cid: str, explicit: bool) -> Conversation:
+        conv = Conversation(cid, explicit, deque(maxlen=self.max_turns))
+        self.convs[cid] = conv
+        while len(self.convs) > self.max_conversations:
+            self._drop(next(iter(self.convs)))
+        return conv
+
+    def _touch(self, match: Match, req: str | None, turns: int, now: float) -> Match:
+        conv = match.conv
+        self.convs.move_to_end(conv.id)
+        conv.last_seen = now
+        if req is not None:  # a new step: its request is the one a retry repeats
+            if conv.last_request is not None:
+                self._by_request.pop(conv.last_request, None)
+            conv.last_request, conv.turns, conv.cached = req, turns, None
+            self._by_request[req] = conv.id
+        return match
+
+    def answered(
+        self, conv: Conversation, message: Mapping[str, Any], cached: Any
+    ) -> None:
+        """Remember the answer a conversation's last step returned."""
+        if self.convs.get(conv.id) is not conv:
+            return  # dropped meanwhile
+        key = message_key(message)
+        keys = [key]
+        for c in message.get("tool_calls") or []:
+            if isinstance(c, dict) and isinstance(c.get("id"), str) and c["id"]:
+                keys.append("id:" + c["id"])
+        if len(conv.answers) == conv.answers.maxlen:
+            self._unindex(conv, conv.answers[0])
+        for k in keys:
+            conv.answers.append(k)
+            self._by_answer.setdefault(k, []).append(conv.id)
+        conv.tip = key
+        conv.cached = cached
+        conv.last_answer_at = time.monotonic()
+
+    def _unindex(self, conv: Conversation, key: str) -> None:
+        ids = self._by_answer.get(key)
+        if ids is None:
+            return
+        try:
+            ids.remove(conv.id)
+        except ValueError:
+            pass
+        if not ids:
+            del self._by_answer[key]
+
+    def _forget_answers(self, conv: Conversation) -> None:
+        for key in set(conv.answers):
+            self._unindex(conv, key)
+        conv.answers.clear()
+        conv.tip = None
+
+    def _drop(self, cid: str) -> None:
+        conv = self.convs.pop(cid)
+        self._forget_answers(conv)
+        if conv.last_request is not None:
+            if self._by_request.get(conv.last_request) == cid:
+                del self._by_request[conv.last_request]
+        self.on_evict(cid)
+
+    def _expire(self, now: float) -> None:
+        while self.convs:
+            cid, conv = next(iter(self.convs.items()))
+            if now - conv.last_seen <= self.ttl:
+                break
+            self._drop(cid)
+
+
+# --------------------------------------------------------------------------- #
+# Parquet decision log: a part file per flush, merged at a clean shutdown
+# --------------------------------------------------------------------------- #
+class ParquetLog:
+    """Decisions as Parquet, crash-safe.
+
+    Every flush (``every`` rows) writes a complete part file
+    ``<path>.parts/part-NNNNNN.parquet`` (written to a temporary name, then
+    renamed), so a crash loses at most the rows not yet flushed. A clean
+    shutdown merges the parts, after any rows a previous run left in ``path``,
+    into ``path``. After a crash, the next start picks the parts up again;
+    ``pandas.read_parquet("<path>.parts")`` reads them meanwhile.
+    """
+
+    def __init__(self, path: Path, schema: Any, every: int) -> None:
+        import pyarrow.parquet as pq
+
+        self.path, self.every, self.schema = path, max(int(every), 1), schema
+        self.parts = path.with_name(path.name + ".parts")
+        if path.exists():
+            if not path.is_file():
+                raise ValueError(
+                    f"The 'log_path' {str(path)!r} exists and is not a file."
+                )
+            old = pq.read_schema(path)
+            if old.names != schema.names:
+                raise ValueError(
+                    f"The decision log {str(path)!r} has other columns than this "
+                    "server writes (a different router or version); pass another "
+                    "log path."
+                )
+        self.parts.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self._next = 1 + max(
+            (int(p.stem.split("-")[1]) for p in self.parts.glob("part-*.parquet")),
+            default=0,
+        )
+
+    def append(self, row: dict[str, Any]) -> None:
+        with self.lock:
+            self.rows.append(row)
+            if len(self.rows) >= self.every:
+                self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.rows:
+            return
+        table = pa.Table.from_pylist(self.rows, schema=self.schema)
+        final = self.parts / f"part-{self._next:06d}.parquet"
+        tmp = final.with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(final)
+        self._next += 1
+        self.rows = []
+
+    def close(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with self.lock:
+            self._flush()
+            tables = [pq.read_table(self.path)] if self.path.is_file() else []
+            parts = sorted(self.parts.glob("part-*.parquet"))
+            tables += [pq.read_table(p) for p in parts]
+            merged = pa.concat_tables(tables) if tables else self.schema.empty_table()
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            pq.write_table(merged, tmp)
+            tmp.replace(self.path)
+            for p in parts:
+                p.unlink()
+            try:
+                self.parts.rmdir()
+            except OSError:
+                pass
