@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from r2vcal.baselines import (
     EntropyRouter,
+    LogisticRouter,
     OracleRouter,
     RandomRouter,
     VerifierRouter,
@@ -28,6 +29,7 @@ __all__ = [
     "CVaRBrierRouter",
     "CandidateFeaturizer",
     "EntropyRouter",
+    "LogisticRouter",
     "NoGroupsWarning",
     "OracleRouter",
     "RandomRouter",

@@ -1,10 +1,13 @@
 """Baseline routers with the same ``fit / predict_proba / route`` interface.
 
+* :class:`LogisticRouter` is scikit-learn's ``LogisticRegression`` on the same
+  (standardised) features: the yardstick every router claim is measured against.
 * :class:`EntropyRouter` and :class:`VerifierRouter` escalate on one named feature
   (token entropy, verifier score), the heuristics of the literature. Their raw
   score is mapped to a probability by isotonic regression fitted in ``fit``, so
-  Brier/ECE comparisons are fair; any threshold on the probability is a threshold
-  on the raw feature.
+  Brier/ECE comparisons are fair; their *ranking* (:meth:`risk_score`, used for
+  frontiers and AUROC) is the raw feature, so the isotonic plateaus do not merge
+  distinct feature values and every escalation rate is reachable.
 * :class:`RandomRouter` escalates a fixed share of steps at random.
 * :class:`OracleRouter` escalates exactly where the label says so. It reads the
   label from a column of ``X`` and is **not deployable**: a hindsight reference.
@@ -19,8 +22,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
+from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import (
@@ -34,10 +39,12 @@ from r2vcal.router import cost_threshold, encode_binary_target
 
 __all__ = [
     "EntropyRouter",
+    "LogisticRouter",
     "OracleRouter",
     "RandomRouter",
     "VerifierRouter",
     "compare_routers",
+    "risk_score",
 ]
 
 _COST_CONSTRAINTS: dict[str, list[Any]] = {
@@ -73,6 +80,10 @@ class _BaseRouter(ClassifierMixin, BaseEstimator):
         """Probabilities of both classes; column 1 is "needs escalation"."""
         p = self._proba1(X)
         return np.column_stack([1.0 - p, p])
+
+    def risk_score(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Ranking score, higher = riskier (the escalation probability here)."""
+        return self._proba1(X)
 
     def decision_function(self, X: ArrayLike) -> NDArray[np.float64]:
         """Log-odds of the escalation probability."""
@@ -166,6 +177,17 @@ class _FeatureRouter(_BaseRouter):
         s = self._column(validate_data(self, X, reset=False, dtype=np.float64))
         return np.asarray(np.interp(s, self.isotonic_x_, self.isotonic_y_))
 
+    def risk_score(self, X: ArrayLike) -> NDArray[np.float64]:
+        """The raw feature, signed so that higher = riskier.
+
+        Unlike the isotonic probability it keeps every distinct feature value
+        apart, so a threshold on it reaches every escalation rate up to the
+        feature's own ties.
+        """
+        check_is_fitted(self)
+        s = self._column(validate_data(self, X, reset=False, dtype=np.float64))
+        return s if self._risk_increases else -s
+
 
 @register_persistable
 class EntropyRouter(_FeatureRouter):
@@ -200,6 +222,112 @@ class VerifierRouter(_FeatureRouter):
 
     _risk_increases = False
     _default_feature = "verifier_max"
+
+
+@register_persistable(
+    attributes={
+        "classes_": "array|strarray",
+        "feature_names_in_": "strarray",
+        "n_features_in_": "int",
+        "threshold_": "number",
+        "coef_": "array",
+        "intercept_": "array",
+        "n_iter_": "int",
+    }
+)
+class LogisticRouter(_BaseRouter):
+    """scikit-learn ``LogisticRegression`` on standardised features: the yardstick.
+
+    The first question about any router is "does it beat plain logistic
+    regression on the same features?". This is that model, with the router
+    interface (``route``, Bayes threshold, pickle-free persistence): the
+    features are standardised with the (weighted) training mean and standard
+    deviation, ``LogisticRegression(C=C)`` is fitted, and the scaling is folded
+    into ``coef_`` and ``intercept_``.
+
+    Parameters
+    ----------
+    C : float, default=1.0
+        Inverse L2 strength of ``LogisticRegression`` (on standardised features).
+    max_iter : int, default=1000
+        Solver iterations.
+    cost_slm, cost_llm, miss_cost, threshold
+        As in :class:`~r2vcal.CVaRBrierRouter`.
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (1, n_features)
+        Weights on the original feature scale.
+    intercept_ : ndarray of shape (1,)
+    threshold_ : float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from r2vcal.baselines import LogisticRouter
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(400, 3)) * [1.0, 100.0, 0.01]
+    >>> y = (X[:, 0] + rng.normal(size=400) > 0).astype(int)
+    >>> LogisticRouter().fit(X, y).predict_proba(X[:2]).shape
+    (2, 2)
+    """
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "C": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        **_COST_CONSTRAINTS,
+    }
+
+    def __init__(
+        self,
+        C: float = 1.0,
+        *,
+        max_iter: int = 1000,
+        cost_slm: float = 1.0,
+        cost_llm: float = 10.0,
+        miss_cost: float = 20.0,
+        threshold: float | None = None,
+    ) -> None:
+        self.C = C
+        self.max_iter = max_iter
+        self.cost_slm = cost_slm
+        self.cost_llm = cost_llm
+        self.miss_cost = miss_cost
+        self.threshold = threshold
+
+    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.poor_score = False
+        return tags
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        groups: ArrayLike | None = None,
+        sample_weight: ArrayLike | None = None,
+    ) -> LogisticRouter:
+        """Fit the logistic regression; ``groups`` is accepted and ignored."""
+        Xv, yv = validate_data(self, X, y, dtype=np.float64)
+        y01 = self._fit_target(yv)
+        sw = _check_sample_weight(sample_weight, Xv)
+        mean = np.average(Xv, axis=0, weights=sw)
+        scale = np.sqrt(np.average((Xv - mean) ** 2, axis=0, weights=sw))
+        scale[scale < 1e-12] = 1.0
+        lr = LogisticRegression(C=float(self.C), max_iter=int(self.max_iter))
+        lr.fit((Xv - mean) / scale, y01, sample_weight=sw)
+        u = lr.coef_[0] / scale
+        self.coef_ = u.reshape(1, -1)
+        self.intercept_ = np.array([float(lr.intercept_[0]) - float(mean @ u)])
+        self.n_iter_ = int(np.max(lr.n_iter_))
+        self._set_threshold()
+        return self
+
+    def _proba1(self, X: Any) -> NDArray[np.float64]:
+        check_is_fitted(self)
+        Xv = validate_data(self, X, reset=False, dtype=np.float64)
+        return np.asarray(expit(Xv @ self.coef_[0] + self.intercept_[0]))
 
 
 @register_persistable
@@ -312,6 +440,28 @@ class OracleRouter(_BaseRouter):
         return self._labels(X)
 
 
+def risk_score(router: Any, X: Any) -> NDArray[np.float64]:
+    """Ranking score of ``router`` on ``X``: higher = riskier.
+
+    ``router.risk_score(X)`` where the router has one (the raw feature for
+    :class:`EntropyRouter`/:class:`VerifierRouter`, the uncalibrated score for
+    :class:`~r2vcal.CVaRBrierRouter`), else the escalation probability. An
+    array is returned as is. Frontiers and AUROC rank steps by this score;
+    Brier and ECE use the probabilities.
+    """
+    if hasattr(router, "risk_score"):
+        return np.asarray(router.risk_score(X), dtype=np.float64)
+    return _positive_proba(router, X)
+
+
+def _as_unit_interval(score: NDArray[np.float64]) -> NDArray[np.float64]:
+    """A monotone map of ``score`` into [0, 1] that keeps ties (dense ranks)."""
+    from scipy.stats import rankdata
+
+    r = rankdata(score, method="dense")
+    return np.asarray((r - 1.0) / max(float(r.max()) - 1.0, 1.0))
+
+
 def _positive_proba(router: Any, X: Any) -> NDArray[np.float64]:
     """Column 1 of ``predict_proba`` or, for an array, the array itself."""
     if hasattr(router, "predict_proba"):
@@ -342,6 +492,7 @@ def compare_routers(
     n_resamples: int = 200,
     confidence_level: float = 0.95,
     random_state: int | None = 0,
+    scores: Mapping[str, ArrayLike] | None = None,
 ) -> pd.DataFrame:
     """Compare routers on one held-out table: one tidy row per (router, metric).
 
@@ -373,21 +524,41 @@ def compare_routers(
         ECE bins and CVaR tail fraction over groups.
     n_resamples, confidence_level, random_state
         Bootstrap settings; the same resamples are used for every router.
+    scores : mapping of str to array, default=None
+        Ranking scores (higher = riskier) by router name, for routers given as
+        arrays. Fitted routers are ranked by :func:`risk_score` (the raw
+        feature for the entropy/verifier baselines), arrays by themselves.
 
     Returns
     -------
     DataFrame
         Columns ``router``, ``deployable``, ``metric``, ``estimate``, ``ci_low``,
-        ``ci_high``. Metrics: ``brier``, ``ece``, ``worst_group_brier``,
-        ``cvar_group_brier`` (with groups), ``auroc``, ``frontier_auc``,
-        ``success@b`` per budget and ``rank_corr_vs_reference``. Pivot with
+        ``ci_high``. Metrics: ``brier``, ``ece`` (L1, ``n_bins`` uniform bins,
+        the binning of the report's reliability diagrams), ``ece_debiased``
+        (debiased L2, Kumar et al.), ``worst_group_brier``, ``cvar_group_brier``
+        (with groups), ``auroc``, ``frontier_auc``, ``success@b`` per budget and
+        ``rank_corr_vs_reference``. Pivot with
         ``table.pivot(index="router", columns="metric", values="estimate")``.
+
+    Notes
+    -----
+    Intervals: Brier, AUROC and frontier figures use the percentile bootstrap
+    (over groups when given); ECE uses the bias-corrected percentile bootstrap
+    (binned ECE is biased upward on resamples); worst-group and CVaR figures
+    resample rows within each group, since resampling whole groups can only
+    drop the worst one. AUROC is undefined on a sample with one class: such
+    resamples are dropped, and the estimate is NaN when the data have one class.
     """
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score
 
     from r2vcal.frontier import frontier_auc, reliability_cost_frontier, success_at
-    from r2vcal.metrics import bootstrap_ci, expected_calibration_error, group_metrics
+    from r2vcal.metrics import (
+        bootstrap_ci,
+        debiased_calibration_error,
+        expected_calibration_error,
+        group_metrics,
+    )
 
     y01 = np.asarray(y, dtype=np.float64)
     n = y01.shape[0]
@@ -395,11 +566,20 @@ def compare_routers(
     llm = np.ones(n) if llm_success is None else np.asarray(llm_success, np.float64)
     g = None if groups is None else np.asarray(groups)
     probs = {name: _positive_proba(r, X) for name, r in routers.items()}
+    given = dict(scores or {})
+    ranks = {
+        name: _as_unit_interval(
+            np.asarray(given[name], dtype=np.float64)
+            if name in given
+            else risk_score(r, X)
+        )
+        for name, r in routers.items()
+    }
     for name, p in probs.items():
-        if p.shape[0] != n:
+        if p.shape[0] != n or ranks[name].shape[0] != n:
             raise ValueError(
                 f"compare_routers: router {name!r} gave {p.shape[0]} probabilities "
-                f"for {n} labels."
+                f"and {ranks[name].shape[0]} scores for {n} labels."
             )
     if reference is not None and reference not in probs:
         raise ValueError(
@@ -413,14 +593,19 @@ def compare_routers(
             p[i], slm[i], llm[i], cost_slm=cost_slm, cost_llm=cost_llm
         )
 
-    def metric_fns(p: NDArray[np.float64]) -> dict[str, Any]:
+    def metric_fns(p: NDArray[np.float64], s: NDArray[np.float64]) -> dict[str, Any]:
         fns: dict[str, Any] = {
             "brier": lambda i: float(np.mean((p[i] - y01[i]) ** 2)),
             "ece": lambda i: expected_calibration_error(y01[i], p[i], n_bins=n_bins),
-            "auroc": lambda i: (
-                float(roc_auc_score(y01[i], p[i])) if 0 < y01[i].sum() < len(i) else 0.5
+            "ece_debiased": lambda i: debiased_calibration_error(
+                y01[i], p[i], n_bins=n_bins
             ),
-            "frontier_auc": lambda i: frontier_auc(frontier(i, p)),
+            "auroc": lambda i: (
+                float(roc_auc_score(y01[i], s[i]))
+                if 0 < y01[i].sum() < len(i)
+                else np.nan
+            ),
+            "frontier_auc": lambda i: frontier_auc(frontier(i, s)),
         }
         if g is not None:
             fns["worst_group_brier"] = lambda i: float(
@@ -434,7 +619,7 @@ def compare_routers(
                 ]
             )
         for b in budgets:
-            fns[f"success@{b:g}"] = lambda i, b=b: success_at(frontier(i, p), b)
+            fns[f"success@{b:g}"] = lambda i, b=b: success_at(frontier(i, s), b)
         if reference is not None:
             ref = probs[reference]
             fns["rank_corr_vs_reference"] = lambda i: (
@@ -444,17 +629,25 @@ def compare_routers(
             )
         return fns
 
+    one_class = not 0 < y01.sum() < n
     rows = []
     for name, p in probs.items():
         est = routers[name]
         deployable = bool(getattr(type(est), "deployable", True))
-        for metric, fn in metric_fns(p).items():
+        for metric, fn in metric_fns(p, ranks[name]).items():
+            if metric == "auroc" and one_class:
+                rows.append((name, deployable, metric, np.nan, np.nan, np.nan))
+                continue
+            per_group = metric in ("worst_group_brier", "cvar_group_brier")
             ci = bootstrap_ci(
                 fn,
                 idx,
                 n_resamples=n_resamples,
                 confidence_level=confidence_level,
-                groups=g,
+                groups=None if per_group else g,
+                strata=g if per_group else None,
+                method="bc" if metric.startswith("ece") else "percentile",
+                nan_policy="omit" if metric == "auroc" else "raise",
                 random_state=random_state,
             )
             rows.append((name, deployable, metric, ci.estimate, ci.low, ci.high))

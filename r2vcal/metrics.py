@@ -926,6 +926,9 @@ def bootstrap_ci(
     confidence_level: float = 0.95,
     groups: ArrayLike | None = None,
     random_state: int | np.random.Generator | np.random.RandomState | None = None,
+    strata: ArrayLike | None = None,
+    method: str = "percentile",
+    nan_policy: str = "raise",
 ) -> BootstrapCI:
     """Percentile bootstrap confidence interval of any metric ``metric(*arrays)``.
 
@@ -954,6 +957,21 @@ def bootstrap_ci(
         Cluster labels for a cluster (group) bootstrap.
     random_state : int, numpy Generator or RandomState, default=None
         Seed for reproducible resampling.
+    strata : array-like of shape (n_samples,), default=None
+        Resample rows *within* each stratum (every stratum keeps its size).
+        This is the honest interval for a maximum over groups (worst-group
+        Brier): a cluster bootstrap over groups can only drop groups, so its
+        upper bound would always equal the estimate. Exclusive with ``groups``.
+    method : {"percentile", "bc"}, default="percentile"
+        ``"bc"`` is Efron's bias-corrected percentile interval: the percentiles
+        are shifted by ``z0 = Phi^-1(share of resamples below the estimate)``.
+        Use it for metrics whose resamples are biased (binned ECE grows on
+        resamples with duplicated rows, so plain percentiles can exclude the
+        estimate).
+    nan_policy : {"raise", "omit"}, default="raise"
+        ``"omit"`` drops resamples on which ``metric`` is undefined (NaN), e.g.
+        AUROC on a resample with one class, instead of raising; at least half
+        of the resamples must be defined.
 
     Returns
     -------
@@ -1014,11 +1032,22 @@ def bootstrap_ci(
             ) from None
         return out
 
+    method = _check_choice(method, "method", frozenset({"percentile", "bc"}), caller)
+    nan_policy = _check_choice(
+        nan_policy, "nan_policy", frozenset({"raise", "omit"}), caller
+    )
+    if strata is not None and groups is not None:
+        raise ValueError(f"{caller}: pass groups or strata, not both.")
     estimate = evaluate(None)
     if not np.isfinite(estimate):
         raise ValueError(f"{caller}: metric returned {estimate} on the full data.")
     stats = np.empty(n_resamples)
-    if groups is None:
+    if strata is not None:
+        order, starts, sizes = _group_members(strata, n)
+        for b in range(n_resamples):
+            offs = np.floor(rng.random(n) * np.repeat(sizes, sizes)).astype(np.intp)
+            stats[b] = evaluate(order[np.repeat(starts, sizes) + offs])
+    elif groups is None:
         for b in range(n_resamples):
             idx = np.asarray(rng.integers(0, n, size=n), dtype=np.intp)
             stats[b] = evaluate(idx)
@@ -1031,6 +1060,9 @@ def bootstrap_ci(
             offsets = np.arange(sz.sum()) - np.repeat(np.cumsum(sz) - sz, sz)
             stats[b] = evaluate(order[np.repeat(starts[pick], sz) + offsets])
     bad = ~np.isfinite(stats)
+    if nan_policy == "omit" and bad.sum() <= n_resamples // 2:
+        stats = stats[~bad]
+        bad = np.zeros(stats.shape[0], dtype=bool)
     if bad.any():
         raise ValueError(
             f"{caller}: metric returned a non-finite value on {int(bad.sum())} of "
@@ -1039,5 +1071,16 @@ def bootstrap_ci(
             "groups."
         )
     alpha = 1.0 - confidence_level
-    low, high = np.percentile(stats, [50.0 * alpha, 100.0 * (1.0 - 0.5 * alpha)])
+    q = np.array([0.5 * alpha, 1.0 - 0.5 * alpha])
+    if method == "bc":
+        from scipy.stats import norm
+
+        m = stats.shape[0]
+        below = (
+            np.count_nonzero(stats < estimate)
+            + 0.5 * np.count_nonzero(stats == estimate)
+        ) / m
+        z0 = float(norm.ppf(np.clip(below, 0.5 / m, 1.0 - 0.5 / m)))
+        q = norm.cdf(2.0 * z0 + norm.ppf(q))
+    low, high = np.percentile(stats, 100.0 * q)
     return BootstrapCI(estimate=estimate, low=float(low), high=float(high))

@@ -842,6 +842,14 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         np.subtract(1.0, p, out=out[:, 0])
         return out
 
+    def risk_score(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Uncalibrated score, higher = riskier: the ranking used for frontiers.
+
+        Every calibrator is monotone, so this orders steps as
+        :meth:`predict_proba` does, without the ties an isotonic map creates.
+        """
+        return self._raw_scores(self._check_X(X))
+
     def decision_function(self, X: ArrayLike) -> NDArray[np.float64]:
         """Log-odds of the calibrated escalation probability.
 

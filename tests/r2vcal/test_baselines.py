@@ -7,11 +7,24 @@ import pandas as pd
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from r2vcal import EntropyRouter, OracleRouter, RandomRouter, VerifierRouter
+from r2vcal import (
+    EntropyRouter,
+    LogisticRouter,
+    OracleRouter,
+    RandomRouter,
+    VerifierRouter,
+    compare_routers,
+)
+from r2vcal.baselines import risk_score
 
 
 @parametrize_with_checks(
-    [EntropyRouter(feature=0), VerifierRouter(feature=0), RandomRouter(0.2)]
+    [
+        EntropyRouter(feature=0),
+        VerifierRouter(feature=0),
+        RandomRouter(0.2),
+        LogisticRouter(),
+    ]
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
@@ -107,3 +120,73 @@ def test_compare_routers_shows_a_copy_of_the_baseline(frame):
     assert {"brier", "ece", "worst_group_brier", "auroc", "success@0.25"} <= set(
         table["metric"]
     )
+
+
+def test_logistic_router_is_sklearn_logistic_regression(frame):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = frame
+    X = X[["entropy_mean", "verifier_max"]] * [1000.0, 0.001]  # scale-free
+    ref = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
+    r = LogisticRouter().fit(X, y)
+    np.testing.assert_allclose(
+        r.predict_proba(X), ref.predict_proba(X), atol=1e-6, rtol=0
+    )
+    assert list(r.feature_names_in_) == ["entropy_mean", "verifier_max"]
+
+
+def test_feature_routers_rank_by_the_raw_feature(frame):
+    """Isotonic plateaus merge distinct entropies; the ranking must not."""
+    X, y = frame
+    r = EntropyRouter().fit(X, y)
+    p = r.predict_proba(X)[:, 1]
+    s = risk_score(r, X)
+    assert np.unique(s).size > 10 * np.unique(p).size
+    np.testing.assert_array_equal(s, X["entropy_mean"].to_numpy())
+    np.testing.assert_array_equal(
+        risk_score(VerifierRouter().fit(X, y), X), -X["verifier_max"].to_numpy()
+    )
+    # the frontier ranks by it: compare_routers' frontier AUC equals that of
+    # the raw feature passed as scores, not that of the plateaus
+    table = compare_routers(
+        {"entropy": r, "plateaus": p}, X, y, n_resamples=20
+    ).set_index(["router", "metric"])["estimate"]
+    raw = compare_routers(
+        {"raw": p}, X, y, scores={"raw": s}, n_resamples=20
+    ).set_index(["router", "metric"])["estimate"]
+    assert table["entropy", "frontier_auc"] == pytest.approx(raw["raw", "frontier_auc"])
+    assert table["entropy", "frontier_auc"] != table["plateaus", "frontier_auc"]
+    assert table["entropy", "brier"] == table["plateaus", "brier"]  # probabilities
+
+
+def test_compare_routers_intervals_contain_their_estimates():
+    """Worst-group upper bounds above the estimate; ECE inside its own CI."""
+    rng = np.random.default_rng(1)
+    n = 1500
+    X = rng.normal(size=(n, 2))
+    g = rng.integers(0, 12, size=n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(X[:, 0] - 1)))).astype(int)
+    lr = LogisticRouter().fit(X, y)
+    table = compare_routers(
+        {"lr": lr, "noisy": np.clip(lr.predict_proba(X)[:, 1] + 0.1, 0, 1)},
+        X,
+        y,
+        groups=g,
+        n_resamples=200,
+    )
+    inside = (table.ci_low <= table.estimate + 1e-12) & (
+        table.estimate <= table.ci_high + 1e-12
+    )
+    assert inside.all(), table[~inside]
+    worst = table[table.metric == "worst_group_brier"]
+    assert (worst.ci_high > worst.estimate + 1e-4).all()
+
+
+def test_compare_routers_auroc_is_undefined_on_one_class():
+    X = np.random.default_rng(0).normal(size=(50, 1))
+    y = np.zeros(50)
+    table = compare_routers({"p": np.full(50, 0.1)}, X, y, n_resamples=20)
+    auroc = table[table.metric == "auroc"].iloc[0]
+    assert np.isnan(auroc.estimate) and np.isnan(auroc.ci_low)

@@ -599,3 +599,61 @@ def test_fuzz_valid_inputs_give_finite_consistent_values(n, seed, n_bins, ties):
     d = brier_decomposition(y, p)
     assert abs(d.miscalibration - d.discrimination + d.uncertainty - d.brier) < 1e-9
     assert 0 <= smooth_calibration_error(y, p) <= 1
+
+
+def test_bootstrap_strata_resample_within_groups():
+    """A max over groups: strata give an upper bound above the estimate."""
+    from r2vcal.metrics import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.arange(10), 50)
+    x = rng.normal(size=500) + (g == 3)
+
+    def worst(i):
+        return max(x[i][g[i] == k].mean() for k in np.unique(g[i]))
+
+    clustered = bootstrap_ci(
+        worst, np.arange(500), groups=g, n_resamples=200, random_state=0
+    )
+    stratified = bootstrap_ci(
+        worst, np.arange(500), strata=g, n_resamples=200, random_state=0
+    )
+    assert clustered.high == pytest.approx(clustered.estimate)  # the old flaw
+    assert stratified.high > stratified.estimate + 0.05
+    assert stratified.low < stratified.estimate
+    with pytest.raises(ValueError, match="groups or strata"):
+        bootstrap_ci(worst, np.arange(500), groups=g, strata=g)
+
+
+def test_bootstrap_bc_interval_holds_a_biased_estimate():
+    """Binned ECE grows on resamples; the BC interval still covers the estimate."""
+    from r2vcal.metrics import bootstrap_ci, expected_calibration_error
+
+    rng = np.random.default_rng(2)
+    p = rng.uniform(size=300)
+    y = (rng.uniform(size=300) < p).astype(float)
+    pct = bootstrap_ci(
+        expected_calibration_error, y, p, n_resamples=300, random_state=0
+    )
+    bc = bootstrap_ci(
+        expected_calibration_error, y, p, n_resamples=300, random_state=0, method="bc"
+    )
+    assert bc.low <= bc.estimate <= bc.high
+    assert bc.low < pct.low  # shifted down, towards the estimate
+
+
+def test_bootstrap_nan_policy_omit_drops_undefined_resamples():
+    from sklearn.metrics import roc_auc_score
+
+    from r2vcal.metrics import bootstrap_ci
+
+    y = np.r_[1.0, np.zeros(29)]
+    s = np.linspace(0, 1, 30)
+
+    def auroc(a, b):
+        return roc_auc_score(a, b) if 0 < a.sum() < len(a) else np.nan
+
+    with pytest.raises(ValueError, match="non-finite"):
+        bootstrap_ci(auroc, y, s, n_resamples=50, random_state=0)
+    ci = bootstrap_ci(auroc, y, s, n_resamples=50, random_state=0, nan_policy="omit")
+    assert 0 <= ci.low <= ci.high <= 1
