@@ -296,7 +296,7 @@ class ReliabilityDisplay:
         y_true: ArrayLike,
         y_prob: ArrayLike,
         *,
-        n_bins: int = 10,
+        n_bins: int = 15,
         strategy: str = "uniform",
         sample_weight: ArrayLike | None = None,
         n_resamples: int = 200,
@@ -316,7 +316,7 @@ class ReliabilityDisplay:
             Binary labels (1 = escalation helped).
         y_prob : array-like of shape (n_samples,)
             Router probabilities.
-        n_bins : int, default=10
+        n_bins : int, default=15
             Number of bins (see :func:`r2vcal.metrics.reliability_curve`).
         strategy : {"uniform", "quantile"}, default="uniform"
             Bin edges.
@@ -692,12 +692,19 @@ def _success(y: NDArray[np.float64], p: NDArray[np.float64]) -> float:
     return float(np.mean(y))
 
 
+_GROUP_ORDER: weakref.WeakKeyDictionary[Any, list[Any] | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class GroupDisplay:
     """Per-group (per-seed) metric with bootstrap confidence intervals.
 
     Points with error bars, one per group; several routers on one axes are
-    dodged side by side. Create it with :meth:`from_predictions` or
-    :meth:`from_estimator`.
+    dodged side by side. With more than ``MAX_VERTICAL_GROUPS`` (8) groups the
+    layout turns horizontal, one row per group sorted by the first router's
+    value (worst at the top), so 14+ labels stay legible. Create it with
+    :meth:`from_predictions` or :meth:`from_estimator`.
 
     Parameters
     ----------
@@ -706,9 +713,11 @@ class GroupDisplay:
     values, low, high : array-like of shape (n_groups,)
         Metric per group and its confidence interval.
     metric : str, default="brier"
-        Name of the metric, used for the y label.
+        Name of the metric, used for the axis label.
     name : str, default=None
         Legend label of the router.
+    group_label : str, default="Group"
+        Axis label of the groups (e.g. ``"Perturbation seed"``, ``"Category"``).
 
     Attributes
     ----------
@@ -731,6 +740,9 @@ class GroupDisplay:
     5
     """
 
+    #: Above this many groups the display is horizontal and sorted.
+    MAX_VERTICAL_GROUPS = 8
+
     def __init__(
         self,
         groups: Sequence[Any],
@@ -740,7 +752,9 @@ class GroupDisplay:
         *,
         metric: str = "brier",
         name: str | None = None,
+        group_label: str = "Group",
     ) -> None:
+        self.group_label = group_label
         self.groups = list(groups)
         self.values = np.asarray(values, dtype=np.float64)
         self.low = np.asarray(low, dtype=np.float64)
@@ -771,12 +785,26 @@ class GroupDisplay:
         import matplotlib.pyplot as plt
 
         name = self.name if name is None else name
+        n = len(self.groups)
+        horizontal = n > self.MAX_VERTICAL_GROUPS
         if ax is None:
-            width = max(4.5, 0.55 * len(self.groups) + 2.0)
-            _, ax = plt.subplots(figsize=(width, 3.8), layout="constrained")
+            if horizontal:
+                size = (6.4, max(3.0, 0.32 * n + 1.2))
+            else:
+                size = (max(4.5, 0.55 * n + 2.0), 3.8)
+            _, ax = plt.subplots(figsize=size, layout="constrained")
         k = _next_series(ax)
-        x = np.arange(len(self.groups)) + 0.15 * k
-        yerr = np.vstack(
+        higher_is_better = self.metric == "success"
+        if k == 0:  # the first series fixes the row order of the groups
+            key = self.values if higher_is_better else -self.values
+            order = np.argsort(key, kind="stable") if horizontal else None
+            _GROUP_ORDER[ax] = (
+                None if order is None else [self.groups[i] for i in order]
+            )
+        shown = _GROUP_ORDER.get(ax) or self.groups
+        where = {g: i for i, g in enumerate(shown)}
+        pos = np.array([where.get(g, np.nan) for g in self.groups]) + 0.15 * k
+        err = np.vstack(
             [
                 np.clip(self.values - self.low, 0, None),
                 np.clip(self.high - self.values, 0, None),
@@ -789,17 +817,29 @@ class GroupDisplay:
             "label": name or "Router",
             **kwargs,
         }
-        self.errorbar_ = ax.errorbar(x, self.values, yerr=yerr, **eb_kwargs)
+        if horizontal:
+            self.errorbar_ = ax.errorbar(self.values, pos, xerr=err, **eb_kwargs)
+        else:
+            self.errorbar_ = ax.errorbar(pos, self.values, yerr=err, **eb_kwargs)
         self.line_ = self.errorbar_.lines[0]
-        higher_is_better = self.metric == "success"
         worst = np.argmin(self.values) if higher_is_better else np.argmax(self.values)
         self.worst_group_ = self.groups[int(worst)]
         if k == 0:
-            ax.set_xticks(np.arange(len(self.groups)))
-            ax.set_xticklabels([str(g) for g in self.groups])
-            ax.set_xlabel("Group (perturbation seed)")
-            ax.set_ylabel(_METRIC_LABELS.get(self.metric, self.metric))
-            ax.grid(True, axis="y", alpha=0.3)
+            labels = [str(g) for g in shown]
+            metric_label = _METRIC_LABELS.get(self.metric, self.metric)
+            if horizontal:
+                ax.set_yticks(np.arange(n))
+                ax.set_yticklabels(labels)
+                ax.invert_yaxis()  # worst group on top
+                ax.set_ylabel(self.group_label)
+                ax.set_xlabel(metric_label)
+                ax.grid(True, axis="x", alpha=0.3)
+            else:
+                ax.set_xticks(np.arange(n))
+                ax.set_xticklabels(labels)
+                ax.set_xlabel(self.group_label)
+                ax.set_ylabel(metric_label)
+                ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize="small", frameon=False)
         self.ax_ = ax
         self.figure_ = ax.figure
@@ -818,6 +858,7 @@ class GroupDisplay:
         random_state: int | np.random.Generator | None = 0,
         name: str | None = None,
         ax: Any = None,
+        group_label: str = "Group",
         **kwargs: Any,
     ) -> GroupDisplay:
         """Compute the metric per group with bootstrap CIs, then plot.
@@ -845,6 +886,8 @@ class GroupDisplay:
             Legend label.
         ax : matplotlib Axes, default=None
             Axes to draw on.
+        group_label : str, default="Group"
+            Axis label of the groups (``"Perturbation seed"`` when they are).
         **kwargs : dict
             Passed to :meth:`matplotlib.axes.Axes.errorbar`.
 
@@ -894,7 +937,15 @@ class GroupDisplay:
             lows.append(ci.low)
             highs.append(ci.high)
         labels_list = [v.item() if isinstance(v, np.generic) else v for v in labels]
-        disp = cls(labels_list, vals, lows, highs, metric=metric_name, name=name)
+        disp = cls(
+            labels_list,
+            vals,
+            lows,
+            highs,
+            metric=metric_name,
+            name=name,
+            group_label=group_label,
+        )
         return disp.plot(ax=ax, **kwargs)
 
     @classmethod

@@ -5,10 +5,10 @@
     out/
       metrics.json      comparison table, per-group table, router summary
       comparison.csv    compare_routers(...) (tidy: router, metric, estimate, CI)
-      groups.csv        per-seed metrics of the main router
+      groups.csv        per-group metrics of the main router
       reliability.png   reliability diagrams of every router, one axes
       frontier.png      success vs escalation rate of every router + the oracle
-      groups.png        per-seed Brier of the main router with CIs
+      groups.png        per-group Brier of the main router with CIs
       report.md         the above in prose and tables
       report.html       the same as a standalone page
 
@@ -27,18 +27,29 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from r2vcal.baselines import _positive_proba, compare_routers
+from r2vcal.baselines import _positive_proba, compare_routers, risk_score
 
 __all__ = ["write_report"]
 
-_HEADLINE = ["brier", "ece", "worst_group_brier", "auroc", "frontier_auc"]
+_HEADLINE = [
+    "brier",
+    "ece",
+    "ece_debiased",
+    "worst_group_brier",
+    "auroc",
+    "frontier_auc",
+]
+
+
+def _cell(r: Any) -> str:
+    if not np.isfinite(r.estimate):
+        return "n/a (one class)" if r.metric == "auroc" else "n/a"
+    return f"{r.estimate:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]"
 
 
 def _fmt_table(table: pd.DataFrame) -> pd.DataFrame:
     """Wide table of ``estimate [low, high]`` strings, one row per router."""
-    cell = table.apply(
-        lambda r: f"{r.estimate:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]", axis=1
-    )
+    cell = table.apply(_cell, axis=1)
     wide = (
         table.assign(cell=cell)
         .pivot(index="router", columns="metric", values="cell")
@@ -62,6 +73,48 @@ def _router_summary(router: Any) -> dict[str, Any]:
     return out
 
 
+def _warnings(
+    table: pd.DataFrame,
+    routers: Mapping[str, Any],
+    main: str,
+    y01: np.ndarray,
+    groups: ArrayLike | None,
+) -> list[str]:
+    """Plain-language warnings for the top of the report."""
+    brier = table[table.metric == "brier"].set_index("router")["estimate"]
+    out = []
+    base = float(np.mean((y01.mean() - y01) ** 2))
+    yardsticks = {"the constant base-rate forecast": base}
+    for name, est in routers.items():
+        if name == main:
+            continue
+        if type(est).__name__ in ("RandomRouter", "LogisticRouter") or name in (
+            "random",
+            "logistic",
+        ):
+            yardsticks[name] = float(brier[name])
+    for name, value in yardsticks.items():
+        if brier[main] > value:
+            out.append(
+                f"**{main} is worse than {name}** on held-out Brier "
+                f"({brier[main]:.4f} vs {value:.4f})."
+            )
+    if not 0 < y01.sum() < y01.shape[0]:
+        out.append(
+            "The held-out rows hold one class only: AUROC is undefined and "
+            "Brier/ECE measure calibration to a constant."
+        )
+    n_clusters = y01.shape[0] if groups is None else np.unique(np.asarray(groups)).size
+    if n_clusters < 2:
+        out.append(
+            "The intervals come from fewer than 2 clusters (groups or rows): "
+            "they are not confidence intervals."
+        )
+    elif groups is not None and n_clusters < 5:
+        out.append(f"Only {n_clusters} groups: cluster-bootstrap intervals are rough.")
+    return out
+
+
 def write_report(
     out: str | Path,
     routers: Mapping[str, Any],
@@ -80,6 +133,8 @@ def write_report(
     notes: Sequence[str] = (),
     n_resamples: int = 200,
     random_state: int = 0,
+    group_label: str = "group",
+    n_bins: int = 15,
 ) -> Path:
     """Compare ``routers`` on ``(X, y)`` and write the report folder ``out``.
 
@@ -101,6 +156,11 @@ def write_report(
         Extra lines for the report (data provenance, split, ...).
     n_resamples, random_state
         Bootstrap settings.
+    group_label : str, default="group"
+        What the groups are, for headings and axes (``"perturbation seed"``,
+        ``"category"``, ``"episode"``).
+    n_bins : int, default=15
+        ECE bins: the same binning in the table and the reliability diagrams.
 
     Returns
     -------
@@ -122,6 +182,7 @@ def write_report(
     slm = 1.0 - y01 if slm_success is None else np.asarray(slm_success, np.float64)
     llm = np.ones_like(y01) if llm_success is None else np.asarray(llm_success)
     probs = {name: _positive_proba(r, X) for name, r in routers.items()}
+    scores = {name: risk_score(r, X) for name, r in routers.items()}
 
     # probabilities computed once above serve both the table and the plots
     table = compare_routers(
@@ -137,6 +198,8 @@ def write_report(
         reference=reference,
         n_resamples=n_resamples,
         random_state=random_state,
+        scores=scores,
+        n_bins=n_bins,
     )
     table["deployable"] = table["router"].map(
         lambda n: bool(getattr(type(routers[n]), "deployable", True))
@@ -145,6 +208,8 @@ def write_report(
 
     main_router = routers[main]
     threshold = float(getattr(main_router, "threshold_", 0.5))
+    escalation_rate = float(np.mean(probs[main] >= threshold))
+    warnings_ = _warnings(table, routers, main, y01, groups)
     per_group = None
     if groups is not None:
         per_group = group_metrics(y01, probs[main], groups, threshold=threshold)
@@ -156,7 +221,7 @@ def write_report(
         if np.ptp(p) == 0:  # constant forecasts (random router) have no curve
             continue
         ReliabilityDisplay.from_predictions(
-            y01, p, name=name, ax=ax, n_resamples=min(n_resamples, 100)
+            y01, p, name=name, ax=ax, n_resamples=min(n_resamples, 100), n_bins=n_bins
         )
     ax.set_title("Reliability (held-out steps)")
     fig.savefig(outdir / "reliability.png", dpi=120, bbox_inches="tight")
@@ -181,13 +246,17 @@ def write_report(
     plt.close(fig)
 
     if groups is not None:
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
-        GroupDisplay.from_predictions(
-            y01, probs[main], groups, name=main, ax=ax, n_resamples=n_resamples
+        disp = GroupDisplay.from_predictions(
+            y01,
+            probs[main],
+            groups,
+            name=main,
+            n_resamples=n_resamples,
+            group_label=group_label.capitalize(),
         )
-        ax.set_title(f"Per-seed Brier score of {main}")
-        fig.savefig(outdir / "groups.png", dpi=120, bbox_inches="tight")
-        plt.close(fig)
+        disp.ax_.set_title(f"Per-{group_label} Brier score of {main}")
+        disp.figure_.savefig(outdir / "groups.png", dpi=120, bbox_inches="tight")
+        plt.close(disp.figure_)
 
     # ---- machine-readable
     summary = {
@@ -195,6 +264,9 @@ def write_report(
         "n_steps": int(y01.shape[0]),
         "positive_rate": float(y01.mean()),
         "main": main,
+        "warnings": warnings_,
+        "escalation_rate_at_threshold": escalation_rate,
+        "group_label": group_label,
         "router": _router_summary(main_router),
         "comparison": table.to_dict(orient="records"),
         "groups": None
@@ -216,13 +288,18 @@ def write_report(
     # ---- prose
     wide = _fmt_table(table)
     lines = [f"# {title}", ""]
+    lines += [f"> **Warning:** {w}" for w in warnings_]
+    lines += [""] if warnings_ else []
     lines += [f"- {n}" for n in notes]
     lines += [
         f"- held-out steps: {y01.shape[0]:,}; escalation-needed rate "
         f"{y01.mean():.3f}; costs SLM {cost_slm:g}, LLM {cost_llm:g}",
-        f"- router under study: **{main}** (threshold {threshold:.3f})",
+        f"- router under study: **{main}** (threshold {threshold:.3f}, which "
+        f"escalates {escalation_rate:.1%} of these steps)",
         "- every figure is `estimate [95% bootstrap CI]`"
-        + (" (cluster bootstrap over seeds)" if groups is not None else ""),
+        + (f" (cluster bootstrap over {group_label}s)" if groups is not None else "")
+        + f"; ECE uses {n_bins} uniform bins, as the reliability diagrams; "
+        "worst-group CIs resample rows within each group",
         "",
         "## Comparison",
         "",
@@ -239,11 +316,11 @@ def write_report(
     ]
     if per_group is not None:
         lines += [
-            "## Per seed",
+            f"## Per {group_label}",
             "",
-            f"Worst seed {per_group.attrs['worst_group']}: Brier "
-            f"{per_group.attrs['worst_brier']:.4f}; CVaR of per-seed Brier "
-            f"{per_group.attrs['cvar_brier']:.4f}.",
+            f"Worst {group_label} {per_group.attrs['worst_group']}: Brier "
+            f"{per_group.attrs['worst_brier']:.4f}; CVaR of per-{group_label} "
+            f"Brier {per_group.attrs['cvar_brier']:.4f}.",
             "",
             "![groups](groups.png)",
             "",
@@ -258,11 +335,18 @@ def write_report(
         "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
         "padding:3px 6px}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1><ul>",
+        f"<h1>{html.escape(title)}</h1>",
+        *[
+            "<p style='background:#fee;border:1px solid #c00;padding:6px'>"
+            f"<b>Warning:</b> {html.escape(w.replace('**', ''))}</p>"
+            for w in warnings_
+        ],
+        "<ul>",
         *[f"<li>{html.escape(n)}</li>" for n in notes],
         f"<li>held-out steps: {y01.shape[0]:,}; escalation-needed rate "
         f"{y01.mean():.3f}</li><li>router under study: <b>{html.escape(main)}</b> "
-        f"(threshold {threshold:.3f})</li></ul>",
+        f"(threshold {threshold:.3f}, escalates {escalation_rate:.1%} of these "
+        "steps)</li></ul>",
         "<h2>Comparison</h2>",
         wide.to_html(),
         "<h2>Reliability-cost frontier</h2><img src='frontier.png'>",
@@ -270,7 +354,7 @@ def write_report(
     ]
     if per_group is not None:
         page += [
-            "<h2>Per seed</h2><img src='groups.png'>",
+            f"<h2>Per {html.escape(group_label)}</h2><img src='groups.png'>",
             per_group.round(4).to_html(),
         ]
     page.append("</body></html>")

@@ -272,7 +272,7 @@ def test_group_display_brier(pyplot, data):
     assert disp.worst_group_ == disp.groups[int(np.argmax(disp.values))]
     assert [t.get_text() for t in disp.ax_.get_xticklabels()] == list("012345")
     assert disp.ax_.get_ylabel().startswith("Brier score")
-    assert disp.ax_.get_xlabel() == "Group (perturbation seed)"
+    assert disp.ax_.get_xlabel() == "Group"
     # a second router is dodged to the right on the same axes
     other = GroupDisplay.from_predictions(
         y, np.sqrt(p), groups, n_resamples=20, name="entropy", ax=disp.ax_
@@ -311,3 +311,26 @@ def test_group_display_errors(pyplot, data):
         GroupDisplay.from_predictions(y, p, groups, metric="auc")
     with pytest.raises(ValueError, match="groups must be 1-D"):
         GroupDisplay.from_predictions(y, p, groups[:10])
+
+
+def test_group_display_many_groups_is_horizontal_and_sorted(pyplot):
+    rng = np.random.default_rng(0)
+    groups = np.array([f"category-{k:02d}" for k in range(14)])[np.arange(2800) % 14]
+    p = rng.uniform(size=2800)
+    noise = (np.arange(2800) % 14) / 40.0  # later groups are worse calibrated
+    y = (rng.uniform(size=2800) < np.clip(p + noise, 0, 1)).astype(float)
+    disp = GroupDisplay.from_predictions(
+        y, p, groups, n_resamples=20, group_label="Category"
+    )
+    ticks = [t.get_text() for t in disp.ax_.get_yticklabels()]
+    assert len(ticks) == 14 and disp.ax_.get_ylabel() == "Category"
+    assert disp.ax_.yaxis_inverted()
+    # rows sorted by Brier, worst first; the points sit on their own label's row
+    values = dict(zip(disp.groups, disp.values))
+    shown = [values[t] for t in ticks]
+    assert shown == sorted(shown, reverse=True)
+    assert ticks[0] == disp.worst_group_
+    rows = np.asarray(disp.line_.get_ydata())
+    for g, row in zip(disp.groups, rows):
+        assert ticks[int(row)] == g
+    np.testing.assert_allclose(disp.line_.get_xdata(), disp.values)
