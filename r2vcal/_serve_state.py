@@ -6,14 +6,16 @@ Conversation identity (:class:`ConversationTracker`), in this order:
    (``conversation_id``, ``conversation``, ``session_id``, ``thread_id``), then
    ``prompt_cache_key``. Under an explicit id a history with fewer assistant
    turns than the last request starts a new episode;
-2. otherwise a fingerprint: every answer the proxy returns is remembered by a
-   hash of its content and tool calls (and its tool-call ids). A request whose
-   history contains one of them continues that conversation: the newest
-   assistant message of the request is looked up first, so a trimmed history
-   (system prompt + last turns) still resolves, and two interleaved rollouts of
-   one task stay apart because each continues its own last answer (identical
-   answers are handed out first-come, first-served). A request whose history
-   has no answer of the proxy starts a conversation;
+2. otherwise a fingerprint. After each answer the proxy remembers the hash of
+   the history it answered followed by its answer (messages keyed by role,
+   text and tool calls, so re-serialisation by the client does not matter). A
+   request whose history starts with such a prefix continues that
+   conversation; two interleaved rollouts of one task stay apart because each
+   continues its own history (identical ones are handed out first come, first
+   served). A trimmed history (system prompt + last turns) is matched by its
+   newest answer of the proxy, preferring the conversation whose recent answers
+   agree with the history's; then by tool-call ids sent back. A request with
+   no answer of the proxy in its history starts a conversation;
 3. a retry, i.e. the same history as a conversation's last request, arriving
    while its answer is the conversation's newest, gets the same answer again
    without a new decision or upstream call. The OpenAI SDKs say which attempt
@@ -67,31 +69,41 @@ def _canonical_args(args: Any) -> Any:
     return args
 
 
-def message_key(msg: Mapping[str, Any]) -> str:
-    """A hash of an assistant message that survives client re-serialisation.
+def message_key(msg: Mapping[str, Any]) -> bytes:
+    """A key of one message that survives client re-serialisation.
 
-    Content text (stripped) and the tool calls' names and arguments (parsed JSON
-    when they are JSON); ids, ``refusal`` and formatting are left out.
+    Role, content text (stripped) and, for assistant messages, the tool calls'
+    names and arguments (parsed when they are JSON); ids, ``name``, ``refusal``
+    and formatting are left out.
     """
+    text = _text(msg.get("content")).strip()
     calls = msg.get("tool_calls") or []
     if msg.get("function_call"):
         calls = [*calls, {"function": msg["function_call"]}]
-    fns = [
-        [
-            (c.get("function") or {}).get("name"),
-            _canonical_args((c.get("function") or {}).get("arguments")),
+    if calls:
+        fns = [
+            [
+                (c.get("function") or {}).get("name"),
+                _canonical_args((c.get("function") or {}).get("arguments")),
+            ]
+            for c in calls
+            if isinstance(c, dict)
         ]
-        for c in calls
-        if isinstance(c, dict)
-    ]
-    raw = json.dumps([_text(msg.get("content")).strip(), fns], sort_keys=True)
-    return hashlib.blake2b(raw.encode(), digest_size=8).hexdigest()
+        text += "\x01" + json.dumps(fns, sort_keys=True, default=str)
+    return f"{msg.get('role')}\x00{text}".encode()
 
 
-def request_key(messages: Sequence[Any]) -> str:
-    """A hash of a whole history (retry detection)."""
-    raw = json.dumps(messages, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
+def _chain(prev: bytes, key: bytes) -> bytes:
+    return hashlib.blake2b(prev + key, digest_size=12).digest()
+
+
+def history_hashes(messages: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    """Rolling hashes of every prefix of a history: ``out[i]`` covers ``messages[:i+1]``."""
+    out, h = [], b""
+    for m in messages:
+        h = _chain(h, message_key(m))
+        out.append(h)
+    return out
 
 
 def explicit_id(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
@@ -113,16 +125,21 @@ def explicit_id(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | No
 
 @dataclass
 class Conversation:
-    """What the proxy remembers of one conversation."""
+    """What the proxy remembers of one conversation (bounded by ``max_turns``)."""
 
     id: str
     explicit: bool
-    answers: deque[str] = field(default_factory=lambda: deque(maxlen=64))
-    tip: str | None = None
+    #: history hash after each answer (the history a continuation starts with)
+    prefixes: deque[bytes] = field(default_factory=deque)
+    #: key of each answer
+    answers: deque[bytes] = field(default_factory=deque)
+    #: tool-call ids of the answers
+    call_ids: deque[str] = field(default_factory=deque)
+    #: the newest prefix, None while a continuation of it is being answered
+    tip: bytes | None = None
     turns: int = 0
-    last_request: str | None = None
+    last_request: bytes | None = None
     last_seen: float = 0.0
-    last_answer_at: float = 0.0
     cached: Any = None
     pending: asyncio.Future[Any] | None = None
 
@@ -133,6 +150,13 @@ class Match:
 
     conv: Conversation
     kind: str  # "new", "continue", "new_episode", "retry"
+
+
+def _suffix(a: Sequence[bytes], b: Sequence[bytes]) -> int:
+    n = 0
+    while n < len(a) and n < len(b) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
 
 
 class ConversationTracker:
@@ -168,8 +192,10 @@ class ConversationTracker:
         self.ttl = ttl
         self.on_evict = on_evict
         self.convs: OrderedDict[str, Conversation] = OrderedDict()
-        self._by_answer: dict[str, list[str]] = {}
-        self._by_request: dict[str, str] = {}
+        self._by_prefix: dict[bytes, list[str]] = {}
+        self._by_answer: dict[bytes, list[str]] = {}
+        self._by_call: dict[str, list[str]] = {}
+        self._by_request: dict[bytes, str] = {}
         self._n = 0
 
     def __len__(self) -> int:
@@ -189,7 +215,8 @@ class ConversationTracker:
         self._n += 1
         if self._n % 256 == 0:
             self._expire(now)
-        req = request_key(messages)
+        hashes = history_hashes(messages)
+        req = hashes[-1] if hashes else b""
         turns = sum(m.get("role") == "assistant" for m in messages)
         if explicit is not None:
             conv = self.convs.get(explicit)
@@ -207,14 +234,14 @@ class ConversationTracker:
             conv = self.convs[cid]
             if self._is_retry(conv, req, retry_count, now):
                 return self._touch(Match(conv, "retry"), None, turns, now)
-        found = self._find(messages, previous)
+        found = self._find(messages, hashes, previous)
         if found is not None:
             return self._touch(Match(found, "continue"), req, turns, now)
         conv = self._new("c-" + secrets.token_hex(8), False)
         return self._touch(Match(conv, "new"), req, turns, now)
 
     def _is_retry(
-        self, conv: Conversation, req: str, retry_count: int | None, now: float
+        self, conv: Conversation, req: bytes, retry_count: int | None, now: float
     ) -> bool:
         if conv.last_request != req or (conv.cached is None and conv.pending is None):
             return False
@@ -223,50 +250,73 @@ class ConversationTracker:
         return now - conv.last_seen <= self.retry_window
 
     def _find(
-        self, messages: Sequence[Mapping[str, Any]], previous: str | None
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        hashes: Sequence[bytes],
+        previous: str | None,
     ) -> Conversation | None:
-        keys: list[str] = []
-        if previous:
-            keys.append("id:" + previous)
-        for m in reversed(messages):
-            role = m.get("role")
-            if role == "assistant":
-                keys.append(message_key(m))
-                for c in m.get("tool_calls") or []:
-                    if isinstance(c, dict) and isinstance(c.get("id"), str):
-                        keys.append("id:" + c["id"])
-            elif role in ("tool", "function") and isinstance(
-                m.get("tool_call_id"), str
-            ):
-                keys.append("id:" + m["tool_call_id"])
-        for key in keys:
+        # 1. the whole history up to one of our answers (full histories)
+        for h in reversed(hashes):
+            ids = self._by_prefix.get(h)
+            if ids:
+                return self._pick(ids, h)
+        # 2. the newest of our answers in a trimmed history, the conversation
+        #    whose recent answers agree with the history's
+        mine = [message_key(m) for m in messages if m.get("role") == "assistant"]
+        for key in reversed(mine):
             ids = self._by_answer.get(key)
-            if not ids:
-                continue
-            # the conversation whose newest answer this is (first come, first
-            # served among identical answers), else the newest that gave it
-            for cid in ids:
-                if self.convs[cid].tip == key or key.startswith("id:"):
-                    return self.convs[cid]
-            return self.convs[ids[-1]]
+            if ids:
+                scores = [self._score(self.convs[i], mine, key) for i in ids]
+                best = max(scores)
+                return self.convs[ids[scores.index(best)]]
+        # 3. tool-call ids the client sent back
+        calls: list[Any] = [previous] if previous else []
+        for m in reversed(messages):
+            if m.get("role") in ("tool", "function"):
+                calls.append(m.get("tool_call_id"))
+            for c in m.get("tool_calls") or []:
+                if isinstance(c, dict):
+                    calls.append(c.get("id"))
+        for cid in calls:
+            ids = self._by_call.get(cid) if isinstance(cid, str) else None
+            if ids:
+                return self.convs[ids[-1]]
         return None
+
+    @staticmethod
+    def _score(
+        c: Conversation, mine: Sequence[bytes], key: bytes
+    ) -> tuple[bool, bool, int]:
+        """Agreement of a conversation's answers with a trimmed history's."""
+        s = _suffix(mine, c.answers)
+        fits = s >= min(len(mine), len(c.answers))
+        return fits, c.tip is not None and c.answers[-1] == key, s
+
+    def _pick(self, ids: Sequence[str], tip: bytes) -> Conversation:
+        """The oldest conversation whose unclaimed tip is ``tip``, else the newest."""
+        for cid in ids:
+            if self.convs[cid].tip == tip:
+                return self.convs[cid]
+        return self.convs[ids[-1]]
 
     # ------------------------------------------------------------ updates
     def _new(self, cid: str, explicit: bool) -> Conversation:
-        conv = Conversation(cid, explicit, deque(maxlen=self.max_turns))
+        conv = Conversation(cid, explicit)
         self.convs[cid] = conv
         while len(self.convs) > self.max_conversations:
             self._drop(next(iter(self.convs)))
         return conv
 
-    def _touch(self, match: Match, req: str | None, turns: int, now: float) -> Match:
+    def _touch(self, match: Match, req: bytes | None, turns: int, now: float) -> Match:
         conv = match.conv
         self.convs.move_to_end(conv.id)
         conv.last_seen = now
         if req is not None:  # a new step: its request is the one a retry repeats
             if conv.last_request is not None:
-                self._by_request.pop(conv.last_request, None)
+                if self._by_request.get(conv.last_request) == conv.id:
+                    del self._by_request[conv.last_request]
             conv.last_request, conv.turns, conv.cached = req, turns, None
+            conv.tip = None  # claimed until this step is answered
             self._by_request[req] = conv.id
         return match
 
@@ -274,37 +324,35 @@ class ConversationTracker:
         self, conv: Conversation, message: Mapping[str, Any], cached: Any
     ) -> None:
         """Remember the answer a conversation's last step returned."""
-        if self.convs.get(conv.id) is not conv:
+        if self.convs.get(conv.id) is not conv or conv.last_request is None:
             return  # dropped meanwhile
-        key = message_key(message)
-        keys = [key]
+        key = message_key({**message, "role": "assistant"})
+        prefix = _chain(conv.last_request, key)
+        if len(conv.prefixes) >= self.max_turns:
+            _unlist(self._by_prefix, conv.prefixes.popleft(), conv.id)
+            _unlist(self._by_answer, conv.answers.popleft(), conv.id)
+        conv.prefixes.append(prefix)
+        conv.answers.append(key)
+        self._by_prefix.setdefault(prefix, []).append(conv.id)
+        self._by_answer.setdefault(key, []).append(conv.id)
         for c in message.get("tool_calls") or []:
             if isinstance(c, dict) and isinstance(c.get("id"), str) and c["id"]:
-                keys.append("id:" + c["id"])
-        if len(conv.answers) == conv.answers.maxlen:
-            self._unindex(conv, conv.answers[0])
-        for k in keys:
-            conv.answers.append(k)
-            self._by_answer.setdefault(k, []).append(conv.id)
-        conv.tip = key
+                if len(conv.call_ids) >= self.max_turns:
+                    _unlist(self._by_call, conv.call_ids.popleft(), conv.id)
+                conv.call_ids.append(c["id"])
+                self._by_call.setdefault(c["id"], []).append(conv.id)
+        conv.tip = prefix
         conv.cached = cached
-        conv.last_answer_at = time.monotonic()
-
-    def _unindex(self, conv: Conversation, key: str) -> None:
-        ids = self._by_answer.get(key)
-        if ids is None:
-            return
-        try:
-            ids.remove(conv.id)
-        except ValueError:
-            pass
-        if not ids:
-            del self._by_answer[key]
 
     def _forget_answers(self, conv: Conversation) -> None:
-        for key in set(conv.answers):
-            self._unindex(conv, key)
-        conv.answers.clear()
+        for index, keys in (
+            (self._by_prefix, conv.prefixes),
+            (self._by_answer, conv.answers),
+            (self._by_call, conv.call_ids),
+        ):
+            for k in keys:
+                _unlist(index, k, conv.id)  # type: ignore[arg-type]
+            keys.clear()
         conv.tip = None
 
     def _drop(self, cid: str) -> None:
@@ -321,6 +369,18 @@ class ConversationTracker:
             if now - conv.last_seen <= self.ttl:
                 break
             self._drop(cid)
+
+
+def _unlist(index: dict[Any, list[str]], key: Any, cid: str) -> None:
+    ids = index.get(key)
+    if ids is None:
+        return
+    try:
+        ids.remove(cid)
+    except ValueError:
+        pass
+    if not ids:
+        del index[key]
 
 
 # --------------------------------------------------------------------------- #
