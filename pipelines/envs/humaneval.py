@@ -16,14 +16,22 @@ Tests follow EvalPlus: expected outputs are the canonical solution's outputs
 (computed once per problem in the sandbox and cached on disk), floats are
 compared with ``atol`` (``1e-6`` when the problem gives 0), and ``find_zero``
 is checked by evaluating the polynomial at the returned root.
+
+Verdicts are computed outside the sandbox. The solution runs there on the test
+*inputs* only; a small harness writes each raw return value, JSON-encoded by
+type (tuples, sets, dicts, big ints kept apart; anything else becomes an opaque
+description equal to nothing), and the host decodes and compares them with the
+expected outputs, which never enter the sandbox. A solution can therefore not
+read the answers, patch the checker or forge a verdict; the best it can do is
+compute the outputs. Each step's ``info["isolation"]`` records the sandbox mode
+(and whether weak isolation was allowed).
 """
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
-import pickle
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -31,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.envs.base import base_info
-from pipelines.sandbox import Sandbox
+from pipelines.sandbox import Sandbox, SandboxResult
 
 __all__ = [
     "HumanEvalEnv",
@@ -44,72 +52,56 @@ __all__ = [
 
 _DATA_FILE = "HumanEvalPlus-v0.1.10.jsonl.gz"
 
+# Runs inside the sandbox. It sees the solution and the test *inputs* only and
+# writes each raw output, JSON-encoded, to outputs.jsonl; the host compares them
+# with the expected outputs, which never enter the sandbox.
 _HARNESS = r"""
 import copy
 import json
-import math
 import os
-import pickle
-import sys
-
-_OUT = os.dup(1)
-_NONCE = sys.stdin.readline().strip()
 
 
-def _repr(x):
-    try:
-        return repr(x)[:200]
-    except Exception as exc:  # noqa: BLE001 - any repr failure is shown, not raised
-        return f"<unrepresentable {type(x).__name__}: {exc}>"[:200]
+_BIG = 10**4000  # json writes ints via str(), limited to 4300 digits
 
 
-def _poly(xs, x):
-    return sum(c * math.pow(x, i) for i, c in enumerate(xs))
-
-
-def _is_floats(x):
+def _enc(x):
+    # Subclasses become their plain base type (no custom __eq__ survives).
+    if x is None or isinstance(x, bool):
+        return None if x is None else bool(x)
+    if isinstance(x, str):
+        return str.__str__(x)
+    if isinstance(x, int):
+        x = int.__int__(x)
+        return x if -_BIG < x < _BIG else {"$": "int", "v": hex(x)}
     if isinstance(x, float):
-        return True
-    if isinstance(x, (list, tuple)) and x:
-        return all(isinstance(i, float) for i in x)
-    return False
-
-
-def _close(out, exp, atol):
-    if type(out) is not type(exp):
-        return False
-    if isinstance(exp, (list, tuple)):
-        return len(out) == len(exp) and all(_close(o, e, atol) for o, e in zip(out, exp))
-    if isinstance(exp, float):
-        if math.isnan(exp):
-            return math.isnan(out)
-        return abs(out - exp) <= atol + 1e-7 * abs(exp)
-    return out == exp
-
-
-def _check(entry, out, exp, inp, atol):
-    if entry == "find_zero":
-        return abs(_poly(*inp, out)) <= atol
-    if atol == 0 and _is_floats(exp):
-        atol = 1e-6
-    if out == exp:
-        return True
-    return atol != 0 and _close(out, exp, atol)
-
-
-def _report(payload):
-    os.write(_OUT, (_NONCE + json.dumps(payload) + "\n").encode())
+        return float.__float__(x)
+    if isinstance(x, complex):
+        return {"$": "complex", "v": [x.real, x.imag]}
+    if isinstance(x, list):
+        return [_enc(i) for i in x]
+    if isinstance(x, tuple):
+        return {"$": "tuple", "v": [_enc(i) for i in x]}
+    if isinstance(x, dict):
+        return {"$": "dict", "v": [[_enc(k), _enc(v)] for k, v in x.items()]}
+    if isinstance(x, (set, frozenset)):
+        kind = "set" if isinstance(x, set) else "frozenset"
+        return {"$": kind, "v": [_enc(i) for i in x]}
+    if isinstance(x, (bytes, bytearray)):
+        return {"$": "bytes", "v": bytes(x).hex()}
+    if hasattr(type(x), "__index__"):
+        return _enc(int(x.__index__()))
+    try:
+        text = repr(x)[:200]
+    except BaseException as exc:  # noqa: BLE001 - an unrepresentable object
+        text = f"<unrepresentable: {type(exc).__name__}>"
+    return {"$": "opaque", "type": type(x).__name__[:100], "repr": text}
 
 
 def _main():
     spec = json.load(open("spec.json"))
-    entry, atol, mode = spec["entry_point"], spec["atol"], spec["mode"]
-    with open("inputs.pkl", "rb") as fh:
-        inputs = pickle.load(fh)
-    expected = None
-    if mode != "groundtruth":
-        with open("expected.pkl", "rb") as fh:
-            expected = pickle.load(fh)
+    with open("inputs.json") as fh:
+        inputs = json.load(fh)
+    out = open("outputs.jsonl", "w")
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     ns = {"__name__": "solution"}
@@ -117,38 +109,115 @@ def _main():
         with open("solution.py") as fh:
             src = fh.read()
         exec(compile(src, "solution.py", "exec"), ns)
-        fn = ns[entry]
+        fn = ns[spec["entry_point"]]
     except BaseException as exc:  # noqa: BLE001 - report any failure to load
-        _report({"status": "load_error", "error": f"{type(exc).__name__}: {exc}"[:500]})
+        out.write(json.dumps({"load_error": f"{type(exc).__name__}: {exc}"[:500]}))
+        out.write("\n")
+        out.close()
         return
-    results = []
-    outputs = []
     for i, inp in enumerate(inputs):
         try:
-            out = fn(*copy.deepcopy(inp))
+            rec = {"i": i, "out": _enc(fn(*copy.deepcopy(inp)))}
+            line = json.dumps(rec)
         except BaseException as exc:  # noqa: BLE001 - a crash fails this input
-            results.append({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]})
-            outputs.append(None)
-            if mode == "tests":
-                break
-            continue
-        if mode == "groundtruth":
-            outputs.append(out)
-            results.append({"ok": True})
-            continue
-        ok = _check(entry, out, expected[i], inp, atol)
-        results.append({"ok": bool(ok), "got": _repr(out)})
-        if mode == "tests" and not ok:
-            break
-    payload = {"status": "done", "results": results}
-    if mode == "groundtruth":
-        with open("outputs.pkl", "wb") as fh:
-            pickle.dump(outputs, fh)
-    _report(payload)
+            line = json.dumps({"i": i, "error": f"{type(exc).__name__}: {exc}"[:300]})
+        out.write(line + "\n")
+        out.flush()
+    out.close()
 
 
 _main()
 """
+
+_OUTPUTS = "outputs.jsonl"
+
+
+class _Opaque:
+    """An output the harness could only describe: equal to nothing but itself."""
+
+    __slots__ = ("repr", "type")
+
+    def __init__(self, type_: str, text: str) -> None:
+        self.type = type_
+        self.repr = text
+
+    def __repr__(self) -> str:
+        return self.repr
+
+
+def _decode(x: Any) -> Any:
+    """Inverse of the harness's ``_enc`` (raises on a malformed value)."""
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    if isinstance(x, list):
+        return [_decode(i) for i in x]
+    if not isinstance(x, dict) or "$" not in x:
+        raise ValueError(f"malformed output value {str(x)[:80]}")
+    kind, v = x["$"], x.get("v")
+    if kind == "tuple":
+        return tuple(_decode(i) for i in v)
+    if kind == "dict":
+        return {_decode(k): _decode(val) for k, val in v}
+    if kind == "set":
+        return {_decode(i) for i in v}
+    if kind == "frozenset":
+        return frozenset(_decode(i) for i in v)
+    if kind == "int":
+        return int(v, 16)
+    if kind == "complex":
+        return complex(float(v[0]), float(v[1]))
+    if kind == "bytes":
+        return bytes.fromhex(v)
+    if kind == "opaque":
+        return _Opaque(str(x.get("type")), str(x.get("repr")))
+    raise ValueError(f"unknown output kind {str(kind)[:40]!r}")
+
+
+def _poly(xs: list, x: float) -> float:
+    return sum(c * math.pow(x, i) for i, c in enumerate(xs))
+
+
+def _is_floats(x: Any) -> bool:
+    if isinstance(x, float):
+        return True
+    if isinstance(x, (list, tuple)) and x:
+        return all(isinstance(i, float) for i in x)
+    return False
+
+
+def _close(out: Any, exp: Any, atol: float) -> bool:
+    if type(out) is not type(exp):
+        return False
+    if isinstance(exp, (list, tuple)):
+        return len(out) == len(exp) and all(
+            _close(o, e, atol) for o, e in zip(out, exp)
+        )
+    if isinstance(exp, float):
+        if math.isnan(exp):
+            return math.isnan(out)
+        return abs(out - exp) <= atol + 1e-7 * abs(exp)
+    return bool(out == exp)
+
+
+def _check(entry: str, out: Any, exp: Any, inp: list, atol: float) -> bool:
+    """EvalPlus's comparison, on the host, of one decoded output."""
+    try:
+        if entry == "find_zero":
+            return bool(abs(_poly(*inp, out)) <= atol)
+        if atol == 0 and _is_floats(exp):
+            atol = 1e-6
+        if bool(out == exp):
+            return True
+        return atol != 0 and _close(out, exp, atol)
+    except (TypeError, ValueError, OverflowError, RecursionError, ArithmeticError):
+        return False
+
+
+def _repr(x: Any) -> str:
+    try:
+        return repr(x)[:200]
+    except (ValueError, RecursionError) as exc:
+        return f"<unrepresentable {type(x).__name__}: {exc}>"[:200]
 
 
 @dataclass(frozen=True)
@@ -273,42 +342,98 @@ def build_program(problem: HumanEvalProblem, code: str) -> str:
     return problem.prompt + code
 
 
-def _run_harness(
-    sandbox: Sandbox,
-    problem: HumanEvalProblem,
-    program: str,
-    inputs: list,
-    expected: list | None,
-    mode: str,
-) -> tuple[dict[str, Any] | None, Any]:
-    nonce = "@@R2V-" + secrets.token_hex(8) + "@@"
+@dataclass
+class _Outputs:
+    """What the sandbox reported: one entry per input, or why there is none."""
+
+    # per input: ("ok", encoded output) | ("error", message) | None (no line)
+    results: list[tuple[str, Any] | None]
+    problem: str  # a load error or a tampered output channel; "" when fine
+    res: SandboxResult
+
+    def why_missing(self) -> str:
+        if self.res.timed_out:
+            return "timed out"
+        if self.res.disk_exceeded:
+            return "working directory over its size cap"
+        return f"exit status {self.res.returncode}"
+
+
+def _parse_outputs(data: bytes, n: int) -> tuple[list[tuple[str, Any] | None], str]:
+    results: list[tuple[str, Any] | None] = [None] * n
+    for raw in data.splitlines():
+        try:
+            rec = json.loads(raw)
+        except (ValueError, RecursionError):
+            continue  # a line cut by a kill or the size cap
+        if not isinstance(rec, dict):
+            return results, "malformed output channel"
+        if "load_error" in rec:
+            return results, str(rec["load_error"])[:500]
+        i = rec.get("i")
+        if type(i) is not int or not 0 <= i < n:
+            return results, f"malformed output channel (index {str(i)[:20]})"
+        if results[i] is not None:
+            return results, f"tampered output channel (input {i} reported twice)"
+        if "out" in rec:
+            results[i] = ("ok", rec["out"])
+        else:
+            results[i] = ("error", str(rec.get("error"))[:300])
+    return results, ""
+
+
+def _run_solution(
+    sandbox: Sandbox, problem: HumanEvalProblem, program: str, inputs: list
+) -> _Outputs:
+    """Run ``program`` on ``inputs`` in the sandbox; collect raw outputs."""
     files: dict[str, str | bytes] = {
         "solution.py": program,
-        "inputs.pkl": pickle.dumps(inputs),
-        "spec.json": json.dumps(
-            {"entry_point": problem.entry_point, "atol": problem.atol, "mode": mode}
-        ),
+        "inputs.json": json.dumps(inputs),
+        "spec.json": json.dumps({"entry_point": problem.entry_point}),
     }
-    if expected is not None:
-        files["expected.pkl"] = pickle.dumps(expected)
-    res = sandbox.run_python(
-        _HARNESS,
-        files=files,
-        stdin=nonce + "\n",
-        read_files=("outputs.pkl",) if mode == "groundtruth" else (),
-    )
-    payload = None
-    for line in res.stdout.splitlines():
-        if line.startswith(nonce):
-            with contextlib.suppress(json.JSONDecodeError):
-                payload = json.loads(line[len(nonce) :])
-    if payload is not None and mode == "groundtruth":
-        payload["outputs"] = res.files.get("outputs.pkl")
-    return payload, res
+    res = sandbox.run_python(_HARNESS, files=files, read_files=(_OUTPUTS,))
+    results, problem_msg = _parse_outputs(res.files.get(_OUTPUTS, b""), len(inputs))
+    return _Outputs(results, problem_msg, res)
+
+
+def _judge(
+    problem: HumanEvalProblem, inputs: list, expected: list, got: _Outputs
+) -> tuple[list[tuple[bool, str, Any]], str]:
+    """Compare outputs with ``expected`` on the host.
+
+    Returns ``[(ok, error, decoded output), ...]`` up to and including the first
+    failure, and the error of the run as a whole (``""`` when none).
+    """
+    if got.problem:
+        return [], got.problem
+    verdicts: list[tuple[bool, str, Any]] = []
+    for i, (inp, exp) in enumerate(zip(inputs, expected)):
+        r = got.results[i]
+        if r is None:
+            verdicts.append((False, f"no output ({got.why_missing()})", None))
+            break
+        kind, raw = r
+        if kind == "error":
+            verdicts.append((False, str(raw), None))
+            break
+        try:
+            out = _decode(raw)
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            verdicts.append((False, f"undecodable output: {exc}"[:300], None))
+            break
+        ok = _check(problem.entry_point, out, exp, inp, problem.atol)
+        verdicts.append((ok, "" if ok else f"wrong output: got {_repr(out)}", out))
+        if not ok:
+            break
+    return verdicts, ""
 
 
 class _GroundTruth:
-    """Canonical outputs per problem, computed in the sandbox, cached on disk."""
+    """Canonical outputs per problem, computed in the sandbox, cached on disk.
+
+    The cache holds the harness's JSON encoding (no pickle); values are
+    decoded on load.
+    """
 
     def __init__(self, cache_dir: Path, sandbox: Sandbox) -> None:
         self.cache_dir = cache_dir
@@ -317,7 +442,8 @@ class _GroundTruth:
             wall_time=max(sandbox.wall_time, 60.0),
             memory_mb=max(sandbox.memory_mb, 4096),
             max_file_mb=1024,
-            isolate=sandbox.isolate,
+            max_disk_mb=max(sandbox.max_disk_mb, 1024),
+            allow_weak_isolation=sandbox.allow_weak_isolation,
             python=sandbox.python,
         )
         self._mem: dict[str, tuple[list, list]] = {}
@@ -325,38 +451,49 @@ class _GroundTruth:
     def get(self, problem: HumanEvalProblem) -> tuple[list, list]:
         if problem.task_id in self._mem:
             return self._mem[problem.task_id]
-        fname = problem.task_id.replace("/", "_") + ".pkl"
+        fname = problem.task_id.replace("/", "_") + ".v2.json"
         path = self.cache_dir / fname
         if path.is_file():
-            with open(path, "rb") as fh:
-                out = pickle.load(fh)
+            encoded = json.loads(path.read_text())
         else:
             program = problem.prompt + problem.canonical_solution
             inputs = problem.base_input + problem.plus_input
-            payload, res = _run_harness(
-                self.sandbox, problem, program, inputs, None, "groundtruth"
+            got = _run_solution(self.sandbox, problem, program, inputs)
+            bad = got.problem or next(
+                (
+                    f"input {i}: {r[1] if r else 'no output (' + got.why_missing() + ')'}"
+                    for i, r in enumerate(got.results)
+                    if r is None or r[0] != "ok"
+                ),
+                "",
             )
-            if payload is None or payload.get("status") != "done":
+            if bad:
                 raise RuntimeError(
-                    f"canonical solution of {problem.task_id} failed to run: "
-                    f"{(payload or {}).get('error') or res.stderr[-500:]}"
+                    f"canonical solution of {problem.task_id} failed to run: {bad}; "
+                    f"stderr: {got.res.stderr[-500:]}"
                 )
-            if payload["outputs"] is None:
-                raise RuntimeError(f"no outputs written for {problem.task_id}")
-            outputs = pickle.loads(payload["outputs"])
             nb = len(problem.base_input)
-            out = (outputs[:nb], outputs[nb:])
+            outs = [r[1] for r in got.results if r is not None]
+            encoded = {"base": outs[:nb], "plus": outs[nb:]}
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{secrets.token_hex(4)}")
-            with open(tmp, "wb") as fh:
-                pickle.dump(out, fh)
+            tmp.write_text(json.dumps(encoded))
             tmp.replace(path)
+        out = (
+            [_decode(x) for x in encoded["base"]],
+            [_decode(x) for x in encoded["plus"]],
+        )
         self._mem[problem.task_id] = out
         return out
 
 
 def _default_cache() -> Path:
     return Path.home() / ".cache" / "r2vcal" / "humanevalplus" / "v0.1.10"
+
+
+def _default_sandbox() -> Sandbox:
+    # Outputs are written to a file in the sandbox (HumanEval/15: ~100 MB).
+    return Sandbox(wall_time=30.0, memory_mb=2048, max_file_mb=512, max_disk_mb=512)
 
 
 def evaluate_solution(
@@ -369,6 +506,9 @@ def evaluate_solution(
 ) -> TestReport:
     """Run a full program on a problem's base or plus tests in the sandbox.
 
+    The program runs on the test inputs only and returns its raw outputs; the
+    expected outputs never enter the sandbox and the verdict is computed here.
+
     Parameters
     ----------
     problem : HumanEvalProblem
@@ -377,7 +517,7 @@ def evaluate_solution(
     suite : {"base", "plus"}, default="base"
         Which test inputs to run.
     sandbox : Sandbox, optional
-        Limits; default 30 s wall time, 2 GiB memory.
+        Limits; default 30 s wall time, 2 GiB memory, 512 MiB of outputs.
     cache_dir : str or Path, optional
         Ground-truth cache (default ``~/.cache/r2vcal/humanevalplus/v0.1.10``).
 
@@ -390,7 +530,7 @@ def evaluate_solution(
             "The 'suite' parameter of evaluate_solution must be a str among "
             f"{{'base', 'plus'}}. Got {suite!r} instead."
         )
-    sandbox = sandbox or Sandbox(wall_time=30.0, memory_mb=2048)
+    sandbox = sandbox or _default_sandbox()
     gt = _GroundTruth(Path(cache_dir) if cache_dir else _default_cache(), sandbox)
     base_out, plus_out = gt.get(problem)
     if suite == "base":
@@ -407,24 +547,14 @@ def _tests_report(
     inputs: list,
     expected: list,
 ) -> TestReport:
-    payload, res = _run_harness(sandbox, problem, program, inputs, expected, "tests")
-    if payload is None:
-        why = "timed out" if res.timed_out else f"exit status {res.returncode}"
-        return TestReport(
-            False, 0, len(inputs), f"no result ({why})", res.timed_out, res.wall_time
-        )
-    if payload["status"] != "done":
-        return TestReport(
-            False, 0, len(inputs), payload.get("error", ""), False, res.wall_time
-        )
-    results = payload["results"]
-    n_ok = sum(r["ok"] for r in results)
-    passed = n_ok == len(inputs)
-    error = ""
-    if not passed and results:
-        last = results[-1]
-        error = last.get("error") or f"wrong output: got {last.get('got')}"
-    return TestReport(passed, n_ok, len(inputs), error, False, res.wall_time)
+    got = _run_solution(sandbox, problem, program, inputs)
+    verdicts, problem_msg = _judge(problem, inputs, expected, got)
+    n_ok = sum(ok for ok, _, _ in verdicts)
+    passed = not problem_msg and n_ok == len(inputs)
+    error = problem_msg or next((e for ok, e, _ in verdicts if not ok), "")
+    return TestReport(
+        passed, n_ok, len(inputs), error, got.res.timed_out, got.res.wall_time
+    )
 
 
 class HumanEvalEnv:
@@ -465,7 +595,7 @@ class HumanEvalEnv:
         self.problems = {p.task_id: p for p in load_problems(data_path)}
         self.n_visible = n_visible
         self.max_steps = max_steps
-        self.sandbox = sandbox or Sandbox(wall_time=30.0, memory_mb=2048)
+        self.sandbox = sandbox or _default_sandbox()
         self._gt = _GroundTruth(
             Path(cache_dir) if cache_dir else _default_cache(), self.sandbox
         )
@@ -528,7 +658,7 @@ class HumanEvalEnv:
         if self._problem is None or self._done:
             raise RuntimeError("call reset(task, seed) before step(action).")
         self._t += 1
-        info = base_info(self._t)
+        info = base_info(self._t, isolation=self.sandbox.isolation())
         head, _, rest = action.strip("\n").partition("\n")
         verb = head.strip().upper()
         obs, done, success = "", False, False
@@ -574,23 +704,23 @@ class HumanEvalEnv:
         base_out, _ = self._gt.get(problem)
         inputs = problem.base_input[: self.n_visible]
         expected = base_out[: self.n_visible]
-        payload, res = _run_harness(
-            self.sandbox, problem, self._program(), inputs, expected, "examples"
-        )
-        if payload is None:
-            why = "timed out" if res.timed_out else f"exit status {res.returncode}"
-            return f"Execution failed ({why}).\n{res.stderr[-400:]}", True
-        if payload["status"] != "done":
-            return f"Error: {payload.get('error', '')}", True
+        got = _run_solution(self.sandbox, problem, self._program(), inputs)
+        if got.problem:
+            return f"Error: {got.problem}", True
         lines, err = [], False
-        for inp, exp, r in zip(inputs, expected, payload["results"]):
+        for inp, exp, r in zip(inputs, expected, got.results):
             call = f"{problem.entry_point}({', '.join(repr(a) for a in inp)})"[:200]
-            if "error" in r:
+            if r is None:
+                why = got.why_missing()
+                return f"Execution failed ({why}).\n{got.res.stderr[-400:]}", True
+            if r[0] == "error":
                 err = True
-                lines.append(f"{call} -> raised {r['error']}")
-            else:
-                mark = "ok" if r["ok"] else f"FAIL (expected {exp!r})"[:200]
-                lines.append(f"{call} -> {r['got']}  {mark}")
+                lines.append(f"{call} -> raised {r[1]}")
+                continue
+            verdicts, _ = _judge(problem, [inp], [exp], _Outputs([r], "", got.res))
+            ok, _, out = verdicts[0]
+            mark = "ok" if ok else f"FAIL (expected {_repr(exp)})"
+            lines.append(f"{call} -> {_repr(out)}  {mark}")
         return "\n".join(lines), err
 
     def _submit(self) -> tuple[str, bool, dict[str, Any]]:

@@ -9,23 +9,31 @@ directory (TerminalBench builds them in a Dockerfile). The shipped tasks live in
 Actions are shell scripts run with ``bash`` in the task's working directory,
 which persists across steps; the action ``SUBMIT`` runs ``run-tests.sh`` (with
 ``$TEST_DIR`` pointing at the tests) and ends the episode. Every command runs
-in :class:`~pipelines.sandbox.Sandbox` with the task's time limits. A Docker
-runner is not implemented yet (no engine to test it against);
+in :class:`~pipelines.sandbox.Sandbox` with the task's time limits, in a
+size-capped :class:`~pipelines.sandbox.Workspace`. The agent's commands see
+the working directory only: the task's ``tests/``, ``run-tests.sh`` and
+``solution.sh`` are not visible to them. The tests run after the agent's last
+process is gone (every command's processes die with it), in a fresh sandbox in
+which the tests are mounted read-only; ``run-tests.sh`` starts Python with
+``-I`` so files the agent left in the working directory (a fake ``pytest.py``)
+are not imported. The verdict needs ``run-tests.sh`` to exit 0 *and* pytest's
+summary to list only passed tests. Each step's ``info["isolation"]`` records
+the sandbox mode. A Docker runner is not implemented yet;
 :func:`docker_available` reports whether one answers.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from pipelines.envs.base import base_info
-from pipelines.sandbox import Sandbox
+from pipelines.sandbox import Sandbox, Workspace
 
 __all__ = [
     "TerminalEnv",
@@ -33,9 +41,33 @@ __all__ = [
     "default_tasks_dir",
     "docker_available",
     "load_task",
+    "parse_pytest_summary",
 ]
 
 _OBS_LIMIT = 4000
+_SUMMARY_RE = re.compile(r"^(PASSED|FAILED|ERROR|XPASS|XFAIL|SKIPPED)\s+(\S+)", re.M)
+
+
+def parse_pytest_summary(output: str) -> dict[str, str]:
+    """Test outcomes from pytest's ``-rA`` short summary.
+
+    Parameters
+    ----------
+    output : str
+        pytest's standard output.
+
+    Returns
+    -------
+    dict of str to str
+        Test id to ``"PASSED"``, ``"FAILED"``, ``"ERROR"``, ... (empty when
+        pytest printed no summary).
+
+    Examples
+    --------
+    >>> parse_pytest_summary("PASSED t.py::test_a\nFAILED t.py::test_b - boom")
+    {'t.py::test_a': 'PASSED', 't.py::test_b': 'FAILED'}
+    """
+    return {m.group(2): m.group(1) for m in _SUMMARY_RE.finditer(output)}
 
 
 def default_tasks_dir() -> Path:
@@ -127,6 +159,11 @@ class TerminalEnv:
         Steps before the episode ends unsolved.
     memory_mb : int, default=1024
         Memory limit per process.
+    max_disk_mb : int, default=256
+        Capacity of the working directory.
+    allow_weak_isolation : bool, default=False
+        Passed to :class:`~pipelines.sandbox.Sandbox`: without bubblewrap the
+        commands are refused unless this is ``True``.
     use_docker : bool or None, default=None
         ``None`` or ``False``: the local sandbox. ``True`` raises
         :class:`NotImplementedError` (Docker runner not implemented yet).
@@ -145,6 +182,8 @@ class TerminalEnv:
         *,
         max_steps: int = 10,
         memory_mb: int = 1024,
+        max_disk_mb: int = 256,
+        allow_weak_isolation: bool = False,
         use_docker: bool | None = None,
     ) -> None:
         if max_steps < 1:
@@ -165,8 +204,10 @@ class TerminalEnv:
         self.backend = "sandbox"
         self.max_steps = max_steps
         self.memory_mb = memory_mb
+        self.max_disk_mb = max_disk_mb
+        self.allow_weak_isolation = allow_weak_isolation
         self._task: TerminalTask | None = None
-        self._dir: Path | None = None
+        self._ws: Workspace | None = None
         self._t = 0
         self._done = True
         self._solution_sent = False
@@ -195,10 +236,10 @@ class TerminalEnv:
             )
         self._cleanup()
         self._task = self._tasks[task]
-        self._dir = Path(tempfile.mkdtemp(prefix=f"r2vcal-term-{task}-"))
+        self._ws = Workspace(self.max_disk_mb)
         files = self._task.path / "files"
         if files.is_dir():
-            shutil.copytree(files, self._dir, dirs_exist_ok=True)
+            shutil.copytree(files, self._ws.path, dirs_exist_ok=True)
         self._t = 0
         self._done = False
         self._solution_sent = False
@@ -216,35 +257,54 @@ class TerminalEnv:
         return "SUBMIT"
 
     def _sandbox(self, wall: float) -> Sandbox:
-        return Sandbox(wall_time=wall, memory_mb=self.memory_mb, max_processes=64)
+        return Sandbox(
+            wall_time=wall,
+            memory_mb=self.memory_mb,
+            max_processes=64,
+            max_disk_mb=self.max_disk_mb,
+            allow_weak_isolation=self.allow_weak_isolation,
+        )
 
     def step(self, action: str) -> tuple[str, bool, bool, dict[str, Any]]:
         """Run a bash command, or ``SUBMIT`` to run the tests."""
-        if self._task is None or self._dir is None or self._done:
+        if self._task is None or self._ws is None or self._done:
             raise RuntimeError("call reset(task, seed) before step(action).")
         self._t += 1
         info = base_info(self._t)
         done, success = False, False
         if action.strip().upper() == "SUBMIT":
-            res = self._sandbox(self._task.test_timeout).run(
-                ["bash", str(self._task.path / "run-tests.sh")],
-                workdir=self._dir,
-                env={"TEST_DIR": str(self._task.path / "tests")},
+            tests = self._task.path / "tests"
+            script = self._task.path / "run-tests.sh"
+            sandbox = self._sandbox(self._task.test_timeout)
+            info["isolation"] = sandbox.isolation()
+            res = sandbox.run(
+                ["bash", str(script)],
+                workdir=self._ws,
+                env={"TEST_DIR": str(tests)},
+                ro_paths=[tests, script],
             )
-            success = res.ok
+            outcomes = parse_pytest_summary(res.stdout)
+            success = (
+                res.ok
+                and bool(outcomes)
+                and all(v in ("PASSED", "XFAIL", "SKIPPED") for v in outcomes.values())
+            )
             done = True
             obs = "Tests passed." if success else "Tests failed.\n" + res.stdout[-1500:]
             info["tests_passed"] = success
+            info["tests"] = outcomes
             info["tool_error"] = res.timed_out
         else:
             if action == (self._task.path / "solution.sh").read_text():
                 self._solution_sent = True
-            res = self._sandbox(self._task.agent_timeout).run(
-                ["bash", "-c", action], workdir=self._dir
-            )
+            sandbox = self._sandbox(self._task.agent_timeout)
+            info["isolation"] = sandbox.isolation()
+            res = sandbox.run(["bash", "-c", action], workdir=self._ws)
             obs = (res.stdout + res.stderr).strip()
             if res.timed_out:
                 obs += "\n[command timed out]"
+            if res.disk_exceeded:
+                obs += f"\n[working directory over {self.max_disk_mb} MiB]"
             info["exit_code"] = res.returncode
             info["tool_error"] = not res.ok
             if len(obs) > _OBS_LIMIT:
@@ -258,9 +318,9 @@ class TerminalEnv:
         return obs, done, success, info
 
     def _cleanup(self) -> None:
-        if getattr(self, "_dir", None) is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        if getattr(self, "_ws", None) is not None:
+            self._ws.close()
+            self._ws = None
 
     def close(self) -> None:
         """Remove the working directory."""
