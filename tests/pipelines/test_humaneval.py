@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+
 import pytest
 
 from pipelines.envs import Env, make_env
@@ -11,6 +15,29 @@ from pipelines.envs.humaneval import (
     evaluate_solution,
     load_problems,
 )
+
+# Tests that run code need the sandbox (bubblewrap); CI installs it.
+_NO_EXEC = {
+    "test_dataset_complete",
+    "test_splits_are_disjoint_and_cover",
+    "test_full_program_keeps_imports",
+    "test_bad_arguments",
+    "test_output_encoding_round_trip",
+    "test_refused_without_bubblewrap_unless_opted_in",
+}
+
+
+@pytest.fixture(autouse=True)
+def _sandbox_or_skip(request) -> None:
+    if request.node.originalname in _NO_EXEC or shutil.which("bwrap") is not None:
+        return
+    msg = (
+        "bubblewrap (`bwrap`) is not installed and the sandbox refuses to run "
+        "untrusted code without it (apt-get install bubblewrap)"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +176,157 @@ def test_all_canonical_solutions_pass(tmp_path) -> None:
     summary = main(CheckHumanEvalConfig(n_jobs=2, out=str(tmp_path / "s.json")))
     assert summary["failures"] == []
     assert summary["base_passed"] == summary["plus_passed"] == 164
+
+
+# ------------------------------------------- X2 (issue 14): forged verdicts
+_FORGE_CHANNEL = """
+import json, os, pickle, sys
+_m = sys.modules["__main__"]
+def _inputs():
+    for name, load in (("inputs.pkl", pickle.load), ("inputs.json", json.load)):
+        try:
+            with open(name, "rb") as fh:
+                return load(fh)
+        except Exception:
+            pass
+    return [None] * 2000
+_n = len(_inputs())
+_fake = {"status": "done", "results": [{"ok": True, "got": "0.5"}] * _n}
+os.write(getattr(_m, "_OUT", 1), (getattr(_m, "_NONCE", "") + json.dumps(_fake) + "\\n").encode())
+with open("outputs.jsonl", "w") as fh:  # today's channel: claim every answer
+    for i in range(_n):
+        fh.write(json.dumps({"i": i, "ok": True, "out": True}) + "\\n")
+os._exit(0)
+def truncate_number(number):
+    return 0.0
+"""
+
+_LOOKUP_TABLE = """
+import json, os, pickle
+_T = {}
+def _load(name):
+    with open(name, "rb") as fh:
+        return pickle.load(fh) if name.endswith(".pkl") else json.load(fh)
+try:
+    _ins = _load("inputs.pkl")
+except Exception:
+    _ins = _load("inputs.json")
+for _name in os.listdir("."):
+    if "expect" in _name or "output" in _name or "answer" in _name:
+        try:
+            _outs = _load(_name)
+            _T = {repr(list(a)): o for a, o in zip(_ins, _outs)}
+        except Exception:
+            pass
+def truncate_number(number):
+    return _T.get(repr([number]), 0.0)
+"""
+
+_PATCH_CHECKER = """
+import sys
+_m = sys.modules["__main__"]
+_m._check = lambda *a, **k: True
+_m._close = lambda *a, **k: True
+def truncate_number(number):
+    return 0.0
+"""
+
+_ALWAYS_EQUAL = """
+class _Eq(float):
+    def __eq__(self, other):
+        return True
+    def __ne__(self, other):
+        return False
+    __hash__ = float.__hash__
+class _Any:
+    def __eq__(self, other):
+        return True
+def truncate_number(number):
+    return _Eq(0.0) if number > 1 else _Any()
+"""
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        pytest.param(_FORGE_CHANNEL, id="a-forged-verdict"),
+        pytest.param(_LOOKUP_TABLE, id="b-expected-outputs-table"),
+        pytest.param(_PATCH_CHECKER, id="c-patched-checker"),
+        pytest.param(_ALWAYS_EQUAL, id="d-always-equal-object"),
+    ],
+)
+def test_x2_wrong_solution_cannot_fake_a_pass(problems, he_cache, attack) -> None:
+    """X2: a wrong program that attacks the harness still fails 0/971."""
+    p = problems["HumanEval/2"]
+    control = evaluate_solution(
+        p, p.prompt + "    return 0.0\n", suite="plus", cache_dir=he_cache
+    )
+    assert not control.passed and control.n_passed == 0
+    rep = evaluate_solution(p, attack, suite="plus", cache_dir=he_cache)
+    assert not rep.passed, rep
+    assert rep.n_passed == 0 and rep.n_total == 971
+
+
+def test_expected_outputs_never_enter_the_sandbox(env) -> None:
+    env.reset("HumanEval/0")
+    env.step("WRITE\n    import os\n    return sorted(os.listdir('.'))\n")
+    obs, _, _, info = env.step("RUN")
+    listing = "['inputs.json', 'main.py', 'outputs.jsonl', 'solution.py', 'spec.json']"
+    assert listing in obs
+    assert info["isolation"]["mode"] == "bwrap"
+    assert info["isolation"]["allow_weak_isolation"] == "false"
+
+
+def test_output_encoding_round_trip() -> None:
+    from pipelines.envs.humaneval import _HARNESS, _decode
+
+    ns: dict = {}
+    exec(_HARNESS.split("def _main")[0], ns)
+    values = [
+        None,
+        True,
+        3,
+        -(10**5000),
+        1.5,
+        float("inf"),
+        "s",
+        [1, (2, 3)],
+        {(1, 2): {"a"}},
+        frozenset({1}),
+        b"\x00",
+        2j,
+    ]
+    for v in values:
+        assert _decode(json.loads(json.dumps(ns["_enc"](v)))) == v
+    opaque = _decode(ns["_enc"](object()))
+    assert opaque != opaque.__class__("object", "x") and "object" in repr(opaque)
+    with pytest.raises(ValueError, match="unknown output kind"):
+        _decode({"$": "pickle", "v": ""})
+
+
+def test_refused_without_bubblewrap_unless_opted_in(
+    problems, tmp_path, monkeypatch
+) -> None:
+    """Fail closed: no bubblewrap, no execution; the opt-in is recorded."""
+    from pipelines.sandbox import Sandbox, SandboxUnavailableError
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        if os.path.isdir(d):
+            for name in os.listdir(d):
+                link = bindir / name
+                if name != "bwrap" and not link.exists() and not link.is_symlink():
+                    link.symlink_to(os.path.join(d, name))
+    monkeypatch.setenv("PATH", str(bindir))
+    p = problems["HumanEval/0"]
+    program = p.prompt + p.canonical_solution
+    with pytest.raises(SandboxUnavailableError, match="allow_weak_isolation"):
+        evaluate_solution(p, program, cache_dir=tmp_path / "gt")
+    weak = Sandbox(wall_time=30.0, memory_mb=2048, allow_weak_isolation=True)
+    assert evaluate_solution(p, program, sandbox=weak, cache_dir=tmp_path / "gt").passed
+    env = HumanEvalEnv(sandbox=weak, cache_dir=tmp_path / "gt")
+    env.reset("HumanEval/0")
+    _, _, _, info = env.step("RUN")
+    assert info["isolation"]["mode"] == "weak"
+    assert info["isolation"]["allow_weak_isolation"] == "true"
