@@ -2,16 +2,19 @@
 
 ::
 
-    r2vcal fit TABLE --target COL --groups COL [--features ...] --out DIR
+    r2vcal fit TABLE --target COL --groups COL [--split-by COL] [--features ...]
+               --out DIR
     r2vcal report ROUTER TABLE --target COL [--groups COL] --out DIR
     r2vcal demo [--out DIR]
     r2vcal serve --router DIR --slm-base-url URL --slm-model NAME \
                  --llm-base-url URL --llm-model NAME [--budget N] [--port 8000]
 
-``fit`` reads a Parquet or CSV table, holds out a share of the rows, fits
-:class:`~r2vcal.CVaRBrierRouter` and the baselines on the rest, saves the router
-(``DIR/router``, pickle-free) and writes a report on the held-out rows
-(``DIR/report``). ``report`` evaluates a saved router on a table. ``demo`` runs
+``fit`` reads a Parquet, CSV or JSONL table, holds out whole episodes (or tasks,
+conversations, groups: ``--split-by``), fits :class:`~r2vcal.CVaRBrierRouter`,
+plain logistic regression (:class:`~r2vcal.LogisticRouter`, the yardstick) and
+the baselines on the rest, saves the router (``DIR/router``, pickle-free) and
+writes a report on the held-out rows (``DIR/report``). ``report`` evaluates a
+saved router on a table, beside a logistic regression cross-fitted on that table. ``demo`` runs
 ``fit`` on the shipped MMLU-Pro cascade table. ``serve`` runs the OpenAI-compatible
 proxy of :mod:`r2vcal.serve` (extra ``serve``). Bad paths or columns print one
 line and exit with status 2.
@@ -55,6 +58,123 @@ def _read_table(path: str) -> pd.DataFrame:
     )
 
 
+#: Columns that identify a unit to hold out whole, most conservative first: steps
+#: of one task (or episode, or conversation) are correlated, so they must all
+#: land on one side of the train/test split.
+SPLIT_COLUMNS: tuple[str, ...] = ("task_id", "episode_id", "conversation_id")
+
+
+def _check_out(out: Path) -> None:
+    """Fail before fitting when ``--out`` cannot be a folder."""
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise CLIError(
+                    f"--out {out}: {parent} exists and is not a folder; pass a "
+                    "folder path (it is created if missing)"
+                )
+            break
+
+
+def _check_values(
+    df: pd.DataFrame, target: str, groups: str | None, features: Sequence[str]
+) -> None:
+    """Finite numeric features, a 0/1 target and complete groups, or one line."""
+    n = len(df)
+    if n == 0:
+        raise CLIError("the table has no rows")
+    for col in features:
+        if not pd.api.types.is_numeric_dtype(
+            df[col]
+        ) and not pd.api.types.is_bool_dtype(df[col]):
+            raise CLIError(
+                f"feature column {col!r} is not numeric (dtype {df[col].dtype}); "
+                "drop it from --features or encode it"
+            )
+        values = df[col].to_numpy(dtype=np.float64, na_value=np.nan)
+        with np.errstate(over="ignore"):
+            bad = ~np.isfinite(values) | (np.abs(values) > 1e150)
+        if bad.any():
+            raise CLIError(
+                f"feature column {col!r} has {int(bad.sum()):,} of {n:,} rows that "
+                "are NaN, infinite or beyond +-1e150 (first at row "
+                f"{int(np.flatnonzero(bad)[0])}); drop or impute them"
+            )
+    y = df[target]
+    if y.isna().any():
+        raise CLIError(
+            f"--target column {target!r} has {int(y.isna().sum()):,} missing "
+            f"labels of {n:,} rows; drop those rows"
+        )
+    if not np.isin(pd.unique(y), [0, 1, True, False]).all():
+        raise CLIError(f"--target column {target!r} must hold 0/1 labels")
+    if pd.unique(y).size < 2:
+        raise CLIError(
+            f"--target column {target!r} holds one class only ({y.iloc[0]!r}); a "
+            "router needs steps that needed escalation and steps that did not"
+        )
+    if groups is not None and df[groups].isna().any():
+        raise CLIError(
+            f"--groups column {groups!r} has {int(df[groups].isna().sum()):,} "
+            "missing values; fill them (e.g. with 'unknown') or drop the rows"
+        )
+
+
+def _split_column(
+    df: pd.DataFrame, split_by: str | None, groups: str | None
+) -> str | None:
+    """``--split-by``, else the first of :data:`SPLIT_COLUMNS` present, else groups."""
+    if split_by is not None:
+        if split_by not in df.columns:
+            raise CLIError(
+                f"--split-by column {split_by!r} is not in the table (columns: "
+                f"{', '.join(map(str, df.columns[:25]))})"
+            )
+        return split_by
+    for col in SPLIT_COLUMNS:
+        if col in df.columns:
+            return col
+    return groups
+
+
+def _holdout(
+    df: pd.DataFrame,
+    y: np.ndarray,
+    split_col: str | None,
+    test_size: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train/test rows with whole ``split_col`` units on one side, both classes
+    on both sides."""
+    from sklearn.model_selection import GroupShuffleSplit, train_test_split
+
+    idx = np.arange(len(df))
+    if split_col is None:
+        counts = np.bincount(y.astype(np.intp), minlength=2)
+        strat = y if counts.min() >= 2 else None
+        train, test = train_test_split(
+            idx, test_size=test_size, random_state=seed, stratify=strat
+        )
+        return np.sort(train), np.sort(test)
+    units = df[split_col].astype(str).to_numpy()
+    n_units = np.unique(units).size
+    if n_units < 2:
+        raise CLIError(
+            f"--split-by column {split_col!r} has a single value; whole "
+            f"{split_col} units are held out, so it needs at least 2 (pass "
+            "--split-by with another column)"
+        )
+    splitter = GroupShuffleSplit(n_splits=50, test_size=test_size, random_state=seed)
+    for train, test in splitter.split(idx, y, groups=units):
+        if np.unique(y[train]).size == 2 and np.unique(y[test]).size == 2:
+            return train, test
+    raise CLIError(
+        f"no hold-out of whole {split_col!r} units ({n_units:,} of them) keeps "
+        "both label classes on both sides in 50 tries; positives are too "
+        "concentrated: add data or pass --split-by with a finer column"
+    )
+
+
 def _columns(
     df: pd.DataFrame, target: str, groups: str | None, features: Sequence[str] | None
 ) -> list[str]:
@@ -88,9 +208,14 @@ def _columns(
 
 
 def _baselines(features: list[str], costs: dict[str, Any]) -> dict[str, Any]:
-    from r2vcal.baselines import EntropyRouter, RandomRouter, VerifierRouter
+    from r2vcal.baselines import (
+        EntropyRouter,
+        LogisticRouter,
+        RandomRouter,
+        VerifierRouter,
+    )
 
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"logistic": LogisticRouter(**costs)}
     if "entropy_mean" in features:
         out["entropy"] = EntropyRouter("entropy_mean", **costs)
     if "verifier_max" in features:
@@ -106,6 +231,8 @@ def _fit_and_report(
     groups: str | None,
     features: list[str],
     out: Path,
+    split_by: str | None = None,
+    group_label: str | None = None,
     router_kwargs: dict[str, Any],
     costs: dict[str, Any],
     test_size: float,
@@ -117,21 +244,32 @@ def _fit_and_report(
     n_resamples: int = 200,
     seed: int = 0,
 ) -> dict[str, Any]:
-    from sklearn.model_selection import train_test_split
+    import warnings
+
     from tqdm.auto import tqdm
 
     from r2vcal import CVaRBrierRouter, save_router
     from r2vcal.baselines import EntropyRouter
     from r2vcal.report import write_report
 
-    y = df[target].to_numpy()
-    if not np.isin(pd.unique(y), [0, 1, True, False]).all():
-        raise CLIError(f"--target column {target!r} must hold 0/1 labels")
-    strat = df[groups].astype(str) + "|" + df[target].astype(str) if groups else y
-    train, test = train_test_split(
-        np.arange(len(df)), test_size=test_size, random_state=seed, stratify=strat
-    )
+    _check_out(out)
+    _check_values(df, target, groups, features)
+    y = df[target].to_numpy().astype(np.int64)
+    split_col = _split_column(df, split_by, groups)
+    train, test = _holdout(df, y, split_col, test_size, seed)
     X = df[features].astype(np.float64)
+    if groups is not None:
+        sizes = df[groups].iloc[train].value_counts()
+        small = sizes[sizes < 10]
+        if len(small):
+            warnings.warn(
+                f"{len(small)} of {len(sizes)} groups in --groups {groups!r} have "
+                f"fewer than 10 training rows (e.g. {small.index[0]!r}: "
+                f"{int(small.iloc[0])}); their Brier is noisy and the CVaR over "
+                "groups follows that noise. Consider coarser groups.",
+                UserWarning,
+                stacklevel=2,
+            )
     g = df[groups].to_numpy() if groups else None
     routers: dict[str, Any] = {
         "CVaRBrierRouter": CVaRBrierRouter(random_state=seed, **router_kwargs, **costs)
@@ -147,9 +285,15 @@ def _fit_and_report(
         router.fit(X.iloc[train], y[train], groups=None if g is None else g[train])
         timings[name] = time.perf_counter() - t0
     save_router(routers["CVaRBrierRouter"], out / "router")
+    held = (
+        f"held out by {split_col!r}: {df[split_col].iloc[test].nunique():,} of "
+        f"{df[split_col].nunique():,} units"
+        if split_col
+        else "held out by row (no episode/task/group column)"
+    )
     notes = [
         *notes,
-        f"train rows {len(train):,}, held-out rows {len(test):,}",
+        f"train rows {len(train):,}, held-out rows {len(test):,}; {held}",
         f"features ({len(features)}): {', '.join(features)}",
         "fit seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()),
     ]
@@ -171,6 +315,7 @@ def _fit_and_report(
         title=title,
         notes=notes,
         n_resamples=n_resamples,
+        group_label=group_label or (groups or "group"),
     )
     return routers
 
@@ -214,16 +359,18 @@ def _router_kwargs(a: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any
 
 
 def _cmd_fit(a: argparse.Namespace) -> int:
+    out = Path(a.out)
+    _check_out(out)
     df = _read_table(a.table)
     features = _columns(df, a.target, a.groups, a.features)
     kwargs, costs = _router_kwargs(a)
-    out = Path(a.out)
     _fit_and_report(
         df,
         target=a.target,
         groups=a.groups,
         features=features,
         out=out,
+        split_by=a.split_by,
         router_kwargs=kwargs,
         costs=costs,
         test_size=a.test_size,
@@ -250,20 +397,64 @@ def _cmd_report(a: argparse.Namespace) -> int:
     if names is None:
         raise CLIError("the saved router has no feature names; refit it on a table")
     features = _columns(df, a.target, a.groups, [str(n) for n in names])
+    _check_out(Path(a.out))
+    _check_values(df, a.target, a.groups, features)
+    X = df[features].astype(np.float64)
+    y = df[a.target].to_numpy().astype(np.int64)
+    routers: dict[str, Any] = {"router": router}
+    notes = [f"router: {a.router}", f"table: {a.table}"]
+    lr = _cross_fitted_logistic(df, X, y, _split_column(df, a.split_by, a.groups))
+    if isinstance(lr, str):
+        notes.append(f"no logistic-regression yardstick: {lr}")
+    else:
+        routers["logistic (cross-fitted here)"] = lr
+        notes.append(
+            "logistic (cross-fitted here): LogisticRegression on the router's "
+            "features, 5-fold cross-fitted on this table by whole units of the "
+            "split column (it saw 80 % of this table; the router saw none)"
+        )
     write_report(
         Path(a.out),
-        {"router": router},
-        df[features].astype(np.float64),
-        df[a.target].to_numpy(),
+        routers,
+        X,
+        y,
         groups=None if a.groups is None else df[a.groups].to_numpy(),
+        group_label=a.groups or "group",
         title=f"r2vcal report {Path(a.table).name}",
-        notes=[f"router: {a.router}", f"table: {a.table}"],
+        notes=notes,
         cost_slm=float(getattr(router, "cost_slm", 1.0)),
         cost_llm=float(getattr(router, "cost_llm", 10.0)),
         n_resamples=a.n_resamples,
     )
     print(f"report: {Path(a.out) / 'report.md'}")
     return 0
+
+
+def _cross_fitted_logistic(
+    df: pd.DataFrame, X: pd.DataFrame, y: np.ndarray, split_col: str | None
+) -> np.ndarray | str:
+    """Out-of-fold LogisticRouter probabilities on ``X``, or why there are none."""
+    from sklearn.model_selection import GroupKFold, StratifiedKFold, cross_val_predict
+
+    from r2vcal.baselines import LogisticRouter
+
+    if split_col is None:
+        if np.bincount(y, minlength=2).min() < 5:
+            return "fewer than 5 rows of a class"
+        cv: Any = StratifiedKFold(5, shuffle=True, random_state=0)
+        units = None
+    else:
+        units = df[split_col].astype(str).to_numpy()
+        if np.unique(units).size < 5:
+            return f"fewer than 5 {split_col!r} units to cross-fit over"
+        cv = GroupKFold(5)
+    try:
+        proba = cross_val_predict(
+            LogisticRouter(), X, y, groups=units, cv=cv, method="predict_proba"
+        )
+    except ValueError as exc:  # a fold with one class
+        return str(exc).splitlines()[0]
+    return np.asarray(proba[:, 1])
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
@@ -286,6 +477,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
         groups="category",
         features=features,
         out=out,
+        split_by="question_id",  # one row per question: a row split
+        group_label="category",
         router_kwargs=kwargs,
         costs=costs,
         test_size=a.test_size,
@@ -379,6 +572,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("table", help="Parquet or CSV trajectory-feature table")
     p.add_argument("--target", required=True, help="0/1 label column")
     p.add_argument("--groups", help="group (perturbation seed) column")
+    p.add_argument(
+        "--split-by",
+        help="hold out whole units of this column (default: task_id, episode_id "
+        "or conversation_id when present, else --groups)",
+    )
     p.add_argument("--features", nargs="*", help="feature columns (default: known)")
     p.add_argument("--slm-success", help="0/1 column: the SLM's step succeeded")
     p.add_argument("--llm-success", help="0/1 column: the LLM's step succeeded")
@@ -391,6 +589,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("table")
     p.add_argument("--target", required=True)
     p.add_argument("--groups")
+    p.add_argument(
+        "--split-by",
+        help="units for cross-fitting the logistic yardstick (default as in fit)",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--n-resamples", type=int, default=200)
     p.set_defaults(func=_cmd_report)

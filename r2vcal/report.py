@@ -88,10 +88,8 @@ def _warnings(
     for name, est in routers.items():
         if name == main:
             continue
-        if type(est).__name__ in ("RandomRouter", "LogisticRouter") or name in (
-            "random",
-            "logistic",
-        ):
+        yardstick = type(est).__name__ in ("RandomRouter", "LogisticRouter")
+        if yardstick or name.split(" ")[0] in ("random", "logistic"):
             yardsticks[name] = float(brier[name])
     for name, value in yardsticks.items():
         if brier[main] > value:

@@ -73,7 +73,10 @@ def test_fit_writes_router_and_report(table, tmp_path, capsys):
         assert (rep / name).is_file(), name
     metrics = json.loads((rep / "metrics.json").read_text())
     routers = {row["router"] for row in metrics["comparison"]}
-    assert routers == {"CVaRBrierRouter", "entropy", "verifier", "random"}
+    assert routers == {"CVaRBrierRouter", "logistic", "entropy", "verifier", "random"}
+    # the table has no episode/task column: whole seeds are held out
+    assert any("held out by 'seed'" in n for n in metrics["notes"])
+    assert 0 <= metrics["escalation_rate_at_threshold"] <= 1
     assert "| CVaRBrierRouter" in (rep / "report.md").read_text()
 
 
@@ -212,3 +215,122 @@ def test_serve_bad_input_is_one_line_and_exit_2(table, tmp_path, capsys, args, m
     assert main(["serve", *argv, *_SERVE, "--llm-base-url", "http://b/v1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+
+
+def _serve_log(n_conv: int, seed: int = 0) -> pd.DataFrame:
+    """A decision log of `r2vcal serve`: most conversations have one step."""
+    rng = np.random.default_rng(seed)
+    steps = np.where(rng.random(n_conv) < 0.7, 1, rng.integers(2, 6, size=n_conv))
+    conv = np.repeat([f"conv-{k}" for k in range(n_conv)], steps)
+    n = conv.size
+    entropy = rng.gamma(2.0, 0.5, size=n)
+    agree = np.where(rng.random(n) < 0.6, 1.0, rng.integers(1, 5, size=n) / 5)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(entropy - 2 * agree)))).astype(int)
+    return pd.DataFrame(
+        {
+            "episode_id": conv,
+            "step": np.concatenate([np.arange(k) for k in steps]),
+            "entropy_mean": entropy,
+            "agreement": agree,
+            "group": rng.integers(0, 3, size=n),
+            "y": y,
+        }
+    )
+
+
+def test_fit_on_a_serve_log_holds_out_whole_conversations(tmp_path):
+    from r2vcal.cli import _holdout
+
+    df = _serve_log(600)
+    y = df["y"].to_numpy()
+    train, test = _holdout(df, y, "episode_id", 0.3, 0)
+    assert not set(df.episode_id.iloc[train]) & set(df.episode_id.iloc[test])
+    assert len(train) + len(test) == len(df)
+    log = tmp_path / "log.jsonl"
+    df.to_json(log, orient="records", lines=True)
+    argv = ["fit", str(log), "--target", "y", "--groups", "group"]
+    assert main([*argv, "--n-resamples", "10", "--out", str(tmp_path / "f")]) == 0
+    notes = json.loads((tmp_path / "f" / "report" / "metrics.json").read_text())
+    assert any("held out by 'episode_id'" in n for n in notes["notes"])
+
+
+def test_fit_out_is_checked_before_fitting(table, tmp_path, capsys):
+    existing = tmp_path / "file.txt"
+    existing.write_text("precious")
+    argv = ["fit", str(table), "--target", "y_counterfactual", "--out", str(existing)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is not a folder" in err and "fitting routers" not in err
+    assert existing.read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda d: d.assign(agreement=d.agreement.where(d.index % 7 > 0)),
+            "'agreement' has 429 of 3,000 rows",
+        ),
+        (lambda d: d.assign(agreement=d.agreement * 1e300), "beyond +-1e150"),
+        (lambda d: d.assign(y_counterfactual=0), "one class only"),
+        (
+            lambda d: d.assign(seed=d.seed.where(d.index > 5)),
+            "--groups column 'seed' has 6 missing",
+        ),
+    ],
+)
+def test_bad_values_are_named_up_front(table, tmp_path, capsys, mutate, message):
+    path = tmp_path / "bad.parquet"
+    mutate(pd.read_parquet(table)).to_parquet(path)
+    argv = ["fit", str(path), "--target", "y_counterfactual", "--groups", "seed"]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_rare_groups_warn_instead_of_crashing(table, tmp_path):
+    df = pd.read_parquet(table)
+    df.loc[0, "seed"] = 99  # one group with a single row
+    df["task_id"] = np.arange(len(df)) % 300
+    path = tmp_path / "rare.parquet"
+    df.to_parquet(path)
+    argv = ["fit", str(path), "--target", "y_counterfactual", "--groups", "seed"]
+    with pytest.warns(UserWarning, match="fewer than 10 training rows"):
+        code = main([*argv, "--n-resamples", "10", "--out", str(tmp_path / "o")])
+    assert code == 0
+
+
+def test_report_warns_when_the_router_loses_to_logistic_regression(table, tmp_path):
+    from r2vcal import CVaRBrierRouter, save_router
+
+    df = pd.read_parquet(table)
+    feats = ["entropy_mean", "verifier_max", "agreement"]
+    bad = CVaRBrierRouter(calibration=None).fit(  # learned the inverted label
+        df[feats], 1 - df.y_counterfactual, groups=df.seed
+    )
+    save_router(bad, tmp_path / "bad")
+    argv = ["report", str(tmp_path / "bad"), str(table), "--target", "y_counterfactual"]
+    assert main([*argv, "--groups", "seed", "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    head = md.split("## Comparison")[0]
+    assert "worse than logistic (cross-fitted here)" in head
+    assert "worse than the constant base-rate forecast" in head
+
+
+def test_report_on_one_class_says_not_available(table, tmp_path):
+    df = pd.read_parquet(table)
+    argv = ["fit", str(table), "--target", "y_counterfactual", "--groups", "seed"]
+    assert main([*argv, "--n-resamples", "10", "--out", str(tmp_path / "f")]) == 0
+    from r2vcal.report import write_report
+
+    router = load_router(tmp_path / "f" / "router")
+    one = df[df.y_counterfactual == 0]
+    write_report(
+        tmp_path / "rep",
+        {"router": router},
+        one[["entropy_mean", "verifier_max", "agreement"]],
+        one.y_counterfactual.to_numpy(),
+        n_resamples=10,
+    )
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "n/a (one class)" in md and "one class only" in md
