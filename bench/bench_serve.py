@@ -19,6 +19,11 @@ Prints:
 * sustained requests/s with ``--clients`` concurrent clients (default 32,
   aiohttp; 20-step conversations each), direct vs proxied.
 
+Clients behave like agents: each conversation re-sends its growing history (the
+previous answer and a tool observation appended each step) with no conversation
+id, so the proxy's history fingerprint is on the measured path, and they send
+``x-stainless-retry-count: 0`` as the OpenAI SDKs do (no request is a retry).
+
 Usage: ``python bench/bench_serve.py [--requests 300] [--clients 32] [--seconds 5]``
 """
 
@@ -127,17 +132,32 @@ def save_bench_router(folder: Path) -> Path:
     return save_router(router, folder / "router")
 
 
+#: What the OpenAI SDKs send on a first attempt (the proxy replays retries).
+FIRST_ATTEMPT = {"x-stainless-retry-count": "0"}
+
+
+def _next_history(history: list[dict], answer: dict, step: int) -> list[dict]:
+    """An agent's next request: its history, the answer, a tool observation."""
+    message = answer["choices"][0]["message"]
+    return [*history, message, {"role": "tool", "content": f"You see box {step}."}]
+
+
 def latencies(url: str, body: dict, n: int) -> list[float]:
+    """Sequential requests of 20-step conversations that re-send their history."""
     import httpx
 
     out = []
-    with httpx.Client(timeout=30) as client:
+    history = body["messages"]
+    with httpx.Client(timeout=30, headers=FIRST_ATTEMPT) as client:
         for i in range(n + 20):
-            b = {**body, "user": f"u{i % 50}"}
+            if i % 20 == 0:  # a new conversation (no id: the proxy's fingerprint)
+                history = [*body["messages"][:1], {"role": "user", "content": f"{i}"}]
+            b = {**body, "messages": history}
             t0 = time.perf_counter()
             r = client.post(url + "/v1/chat/completions", json=b)
             dt = time.perf_counter() - t0
             r.raise_for_status()
+            history = _next_history(history, r.json(), i)
             if i >= 20:  # warm-up
                 out.append(dt)
     return out
@@ -148,16 +168,25 @@ async def throughput(url: str, body: dict, clients: int, seconds: float) -> floa
 
     done = 0
     connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, headers=FIRST_ATTEMPT
+    ) as session:
 
         async def worker(w: int, stop: float) -> None:
             nonlocal done
             i = 0
+            history = body["messages"]
             while time.perf_counter() < stop:
-                b = {**body, "user": f"c{w}-{i // 20}"}  # 20-step conversations
+                if i % 20 == 0:  # 20-step conversations
+                    history = [
+                        *body["messages"][:1],
+                        {"role": "user", "content": f"c{w}-{i} {time.time()}"},
+                    ]
+                b = {**body, "messages": history}
                 async with session.post(url + "/v1/chat/completions", json=b) as r:
                     r.raise_for_status()
-                    await r.read()
+                    doc = json.loads(await r.read())
+                history = _next_history(history, doc, i)
                 done += 1
                 i += 1
 

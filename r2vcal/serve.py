@@ -69,6 +69,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -688,6 +689,7 @@ class _Proxy:
             side: {"ok": None, "error": None, "at": None} for side in ("slm", "llm")
         }
         self._health: tuple[float, dict[str, Any]] | None = None
+        self.responses_store: OrderedDict[str, Any] = OrderedDict()
         self._feature_names = list(cascade.featurizer.get_feature_names_out())
 
     # -------------------------------------------------------------- state
@@ -925,13 +927,16 @@ class _Proxy:
         messages: list[dict[str, Any]],
         t0: float,
         kind: str,
-        previous: str | None = None,
+        *,
+        explicit: str | None = None,
+        reply_body: dict[str, Any] | None = None,
     ) -> Any:
+        """Route one step of a conversation; ``reply_body`` shapes the answer."""
+        reply = body if reply_body is None else reply_body
         match = self.convs.match(
-            explicit_id(request.headers, body),
+            explicit or explicit_id(request.headers, body),
             messages,
             retry_count=_retry_count(request.headers),
-            previous=previous,
         )
         conv = match.conv
         if match.kind == "retry":
@@ -942,7 +947,7 @@ class _Proxy:
                 self.metrics.inc("r2vcal_replayed_total")
                 headers = {**res.headers, "x-r2vcal-retry": "true"}
                 return self._respond(
-                    _Result(200, res.doc, headers, res.kind, res.extra), body, t0, 0.0
+                    _Result(200, res.doc, headers, res.kind, res.extra), reply, t0, 0.0
                 )
         if match.kind == "new_episode":
             self.cascade.end_episode(conv.id)
@@ -961,9 +966,11 @@ class _Proxy:
             from fastapi.responses import Response
 
             return Response(status_code=499)
+        res.kind = kind
         if res.status == 200:
+            res.extra["messages"] = messages
             self.convs.answered(conv, res.extra["message"], res)
-        return self._respond(res, body, t0, res.extra.get("waited", 0.0))
+        return self._respond(res, reply, t0, res.extra.get("waited", 0.0))
 
     async def _step(
         self, conv: str, body: dict[str, Any], messages: list[dict[str, Any]], kind: str
@@ -1165,7 +1172,8 @@ class _Proxy:
         if res.kind == "responses":
             from r2vcal._serve_responses import response_from_chat
 
-            return response_from_chat(res, body)
+            cap = self.convs.max_conversations
+            return response_from_chat(res, body, self.responses_store, cap)
         if body.get("stream"):
             opts = body.get("stream_options") or {}
             events = _sse(res.doc, include_usage=bool(opts.get("include_usage")))
