@@ -156,6 +156,32 @@ _ATTRIBUTES: dict[str, dict[str, _Attr]] = {
     "RandomRouter": {**_COMMON, "base_rate_": _spec("number", finite=True)},
     "OracleRouter": dict(_COMMON),
 }
+#: Fitted attributes a file must hold, per r2vcal class; each entry is a tuple
+#: of alternatives (one of them must be present).
+_REQUIRED: dict[str, list[tuple[str, ...]]] = {
+    "CVaRBrierRouter": [
+        ("classes_",),
+        ("n_features_in_",),
+        ("threshold_",),
+        ("temperature_",),
+        ("coef_", "coefs_"),
+    ],
+    "EntropyRouter": [
+        ("classes_",),
+        ("n_features_in_",),
+        ("threshold_",),
+        ("isotonic_x_",),
+        ("isotonic_y_",),
+    ],
+    "RandomRouter": [
+        ("classes_",),
+        ("n_features_in_",),
+        ("threshold_",),
+        ("base_rate_",),
+    ],
+    "OracleRouter": [("classes_",), ("threshold_",)],
+}
+_REQUIRED["VerifierRouter"] = _REQUIRED["EntropyRouter"]
 _CUSTOM_ATTRIBUTES: dict[str, dict[str, _Attr]] = {}
 _ANY = _spec("number", "int", "array", "arraylist", "strarray")
 
@@ -232,6 +258,13 @@ def _attribute_name_error(cls: type, key: str) -> str | None:
             f"{sorted(allowed)}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
         )
     return None
+
+
+def _key(name: str) -> str:
+    """A key read from a file, as it appears in a field name (quoted if odd)."""
+    if name and all(c.isalnum() or c in "_.-" for c in name) and len(name) <= 64:
+        return name
+    return repr(name[:64])
 
 
 def _canonical(doc: dict[str, Any]) -> bytes:
@@ -461,10 +494,10 @@ def _check_document(doc: Any, jpath: Path) -> None:
         )
     missing, unknown = sorted(_KEYS - set(doc)), sorted(set(doc) - _KEYS)
     if missing:
-        raise RouterFileError(jpath, missing[0], "required key is missing")
+        raise RouterFileError(jpath, _key(missing[0]), "required key is missing")
     if unknown:
         raise RouterFileError(
-            jpath, unknown[0], f"unknown key; expected only {sorted(_KEYS)}"
+            jpath, _key(unknown[0]), f"unknown key; expected only {sorted(_KEYS)}"
         )
     types = {
         "r2vcal_version": str,
@@ -569,11 +602,11 @@ def _decode_params(raw: dict[str, Any], cls: type, jpath: Path) -> dict[str, Any
             hint = difflib.get_close_matches(key, names, n=1)
             raise RouterFileError(
                 jpath,
-                f"params.{key}",
+                f"params.{_key(key)}",
                 f"{cls.__name__} has no parameter {key!r}; expected one of "
                 f"{sorted(names)}" + (f" (did you mean {hint[0]!r}?)" if hint else ""),
             )
-        params[key] = _decode(value, f"params.{key}", jpath)
+        params[key] = _decode(value, f"params.{_key(key)}", jpath)
     return params
 
 
@@ -585,7 +618,7 @@ def _decode_attributes(
     attrs: dict[str, Any] = {}
     lists: dict[str, int] = {}
     for key, value in raw.items():
-        field = f"attributes.{key}"
+        field = f"attributes.{_key(key)}"
         reason = _attribute_name_error(cls, key)
         if reason is not None:
             raise RouterFileError(jpath, field, reason)
@@ -684,7 +717,7 @@ def _read_member(
     zf: zipfile.ZipFile, info: zipfile.ZipInfo, npath: Path, spec: _Attr
 ) -> np.ndarray:
     """One ``.npy`` member: header first, caps, then exactly the declared bytes."""
-    name = info.filename
+    name = _key(info.filename)
 
     def bad(message: str) -> RouterFileError:
         return RouterFileError(npath, name, message)
@@ -756,9 +789,13 @@ def _read_arrays(
                 f"{MAX_ARRAYS_BYTES} are allowed",
             )
         for info in infos:
-            name = info.filename
-            key = name[:-4]
-            if not name.endswith(".npy") or "/" in name or info.is_dir():
+            key = info.filename[:-4]
+            name = _key(info.filename)
+            if (
+                not info.filename.endswith(".npy")
+                or "/" in info.filename
+                or info.is_dir()
+            ):
                 raise RouterFileError(
                     npath, name, "not a .npy member; arrays.npz holds .npy files only"
                 )
@@ -820,6 +857,8 @@ def _probe(est: Any, jpath: Path) -> None:
             warnings.simplefilter("ignore")
             proba = np.asarray(est.predict_proba(X), dtype=np.float64)
             est.predict(X)
+            if hasattr(est, "route"):
+                est.route(X)
     except Exception as exc:  # any failure means the fitted state is inconsistent
         raise RouterFileError(
             jpath,
@@ -911,6 +950,16 @@ def load_router(path: str | Path) -> Any:
             raise RouterFileError(
                 npath, missing[0], f"member missing ({_JSON} lists {n} arrays)"
             )
+    if _allowed_attributes(cls) is _ATTRIBUTES.get(cls.__name__):
+        present = set(attrs) | set(lists) | set(arrays)
+        for alternatives in _REQUIRED.get(cls.__name__, []):
+            if not present.intersection(alternatives):
+                raise RouterFileError(
+                    jpath,
+                    f"attributes.{alternatives[0]}",
+                    f"required fitted attribute is missing (neither in {_JSON} "
+                    f"nor in {_NPZ}); expected one of {list(alternatives)}",
+                )
     _upgrade(cls, raw_params, attrs, set(arrays), jpath)
     params = _decode_params(raw_params, cls, jpath)
     try:
