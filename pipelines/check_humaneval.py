@@ -37,6 +37,9 @@ class CheckHumanEvalConfig:
         Ground-truth cache directory.
     out : str or None
         Where to write the JSON summary.
+    allow_weak_isolation : bool
+        Run without bubblewrap (resource limits and an audit hook only; see
+        :class:`pipelines.sandbox.Sandbox`). Recorded in the summary.
     """
 
     data_path: str | None = None
@@ -45,14 +48,20 @@ class CheckHumanEvalConfig:
     backend: str = "loky"
     cache_dir: str | None = None
     out: str | None = None
+    allow_weak_isolation: bool = False
 
 
-def _check_one(problem: Any, cache_dir: str | None) -> dict[str, Any]:
-    from pipelines.envs.humaneval import evaluate_solution
+def _check_one(
+    problem: Any, cache_dir: str | None, allow_weak_isolation: bool = False
+) -> dict[str, Any]:
+    from pipelines.envs.humaneval import _default_sandbox, evaluate_solution
 
+    sb = _default_sandbox()
+    sb.allow_weak_isolation = allow_weak_isolation
     program = problem.prompt + problem.canonical_solution
-    base = evaluate_solution(problem, program, suite="base", cache_dir=cache_dir)
-    plus = evaluate_solution(problem, program, suite="plus", cache_dir=cache_dir)
+    kw: dict[str, Any] = {"cache_dir": cache_dir, "sandbox": sb}
+    base = evaluate_solution(problem, program, suite="base", **kw)
+    plus = evaluate_solution(problem, program, suite="plus", **kw)
     return {
         "task_id": problem.task_id,
         "base": base.passed,
@@ -71,25 +80,30 @@ def main(cfg: CheckHumanEvalConfig) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``n``, ``base_passed``, ``plus_passed``, ``failures``, ``seconds``.
+        ``n``, ``base_passed``, ``plus_passed``, ``failures``, ``seconds``,
+        ``isolation`` (the sandbox mode in force).
     """
     from joblib import Parallel, delayed
 
-    from pipelines.envs.humaneval import load_problems
+    from pipelines.envs.humaneval import _default_sandbox, load_problems
 
     problems = load_problems(cfg.data_path)
     if cfg.limit is not None:
         problems = problems[: cfg.limit]
     start = time.perf_counter()
     rows = Parallel(n_jobs=cfg.n_jobs, backend=cfg.backend)(
-        delayed(_check_one)(p, cfg.cache_dir) for p in problems
+        delayed(_check_one)(p, cfg.cache_dir, cfg.allow_weak_isolation)
+        for p in problems
     )
+    sb = _default_sandbox()
+    sb.allow_weak_isolation = cfg.allow_weak_isolation
     summary = {
         "n": len(rows),
         "base_passed": sum(r["base"] for r in rows),
         "plus_passed": sum(r["plus"] for r in rows),
         "failures": [r for r in rows if not (r["base"] and r["plus"])],
         "seconds": round(time.perf_counter() - start, 2),
+        "isolation": sb.isolation(),
         "config": asdict(cfg),
     }
     if cfg.out:
@@ -107,6 +121,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="loky")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--out", default=None)
+    p.add_argument(
+        "--allow-weak-isolation",
+        action="store_true",
+        help="run without bubblewrap (resource limits and an audit hook only)",
+    )
     return p
 
 

@@ -330,3 +330,17 @@ def test_refused_without_bubblewrap_unless_opted_in(
     _, _, _, info = env.step("RUN")
     assert info["isolation"]["mode"] == "weak"
     assert info["isolation"]["allow_weak_isolation"] == "true"
+
+
+def test_check_humaneval_smoke(he_cache, tmp_path) -> None:
+    from pipelines.check_humaneval import CheckHumanEvalConfig, main, make_parser
+
+    cfg = CheckHumanEvalConfig(
+        limit=2, n_jobs=1, cache_dir=str(he_cache), out=str(tmp_path / "s.json")
+    )
+    summary = main(cfg)
+    assert summary["base_passed"] == summary["plus_passed"] == 2
+    assert summary["isolation"]["mode"] == "bwrap"
+    assert json.loads((tmp_path / "s.json").read_text())["n"] == 2
+    args = make_parser().parse_args(["--allow-weak-isolation", "--limit", "1"])
+    assert args.allow_weak_isolation and args.limit == 1
