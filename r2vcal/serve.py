@@ -22,19 +22,47 @@ a large one (LLM), without touching the agent's code. For each
    a failure, ``x-r2vcal-fallback``), and appends the decision to a JSONL or
    Parquet log with the feature columns of :mod:`r2vcal.schema`.
 
-Conversations: the ``x-r2vcal-conversation`` request header, else the request's
-``user`` field, else a hash of the conversation's first two messages ties the
-steps of one episode together (budget, step index, verifier trend). A request
-whose conversation has fewer assistant turns than the last one seen under that
-id starts a new episode.
+``POST /v1/responses`` (the Responses API, function tools) is routed the same
+way (:mod:`r2vcal._serve_responses`).
+
+Conversations (budget, step index, verifier trend) are identified by the
+client's own id when it sends one (the ``x-r2vcal-conversation`` header,
+``metadata.conversation_id``/``session_id``/``thread_id``, ``prompt_cache_key``,
+Responses ``conversation``/``previous_response_id``), otherwise by the history:
+a request whose history continues an answer of the proxy belongs to that
+conversation, so interleaved rollouts, trimmed histories and agents without a
+system prompt resolve (:mod:`r2vcal._serve_state`). ``user`` is an end-user
+label (the decision's ``group``), never a conversation. A retry of the same
+request gets the same answer again, without a new decision or upstream call.
+At most ``max_conversations`` are kept (least recently used dropped first).
+
+Accounting: every LLM call is charged to the conversation's budget and written
+to the decision log exactly once, including calls made because the SLM failed
+(an SLM failure with the budget spent is a 502, not a free LLM call) and calls
+whose answer was malformed or whose client disconnected (the log line is
+written whether or not the answer could be used). The answer's ``usage`` is
+the SLM's (all ``k`` candidates) plus the LLM's tokens; ``x-r2vcal-cost`` gives
+the step's cost and ``/metrics`` a cost counter per actor and model.
 
 Faults: upstream timeouts, 429/5xx answers and broken connections are retried
 with exponential backoff; then an SLM failure sends the step to the LLM and an
 LLM failure answers with the SLM's best candidate (``x-r2vcal-fallback`` says
-why). Every attempt has a hard time limit, so no request hangs. Requests the
-proxy cannot serve get the OpenAI error JSON (400 for malformed requests, 502
-when both models failed). Tool calls and function-calling fields pass through
-untouched in both directions.
+why). An upstream answer the proxy cannot read (no choices, wrong types, NaN
+counts) is a failure like any other. An SLM 400/413/422 is the client's
+request's fault (context too long, a field the server refuses) and is returned
+to the client, not escalated. Every attempt has a hard time limit, so no
+request hangs, and a client that disconnects cancels the upstream calls.
+Every request field the proxy knows is validated before any upstream call;
+refusals and failures use the OpenAI error JSON (also for 404/405), never name
+an upstream URL, and header values carry no control characters. Tool calls and
+function-calling fields pass through untouched in both directions.
+
+Deployment: ``api_key`` (or ``$R2VCAL_API_KEY``) requires
+``Authorization: Bearer <key>`` on ``/v1/*``; :func:`run_server` warns loudly
+when it binds off loopback without one, and checks both upstreams at startup
+(one line: reachable, model listed, ``n > 1`` and log-probs supported).
+``/health`` reports both upstreams' state. There is no ``/docs`` or
+``/openapi.json``.
 
 The verifier is a URL (``POST {"context": messages, "candidates": [text, ...]}``
 answered by ``{"scores": [float in [0, 1], ...]}``), an import string
@@ -99,6 +127,7 @@ __all__ = [
     "TOOL_ERROR_PATTERN",
     "BackgroundServer",
     "Upstream",
+    "check_upstreams",
     "create_app",
     "run_in_thread",
     "run_server",
@@ -175,6 +204,11 @@ class Upstream:
     supports_n: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.supports_n, bool):
+            raise ValueError(
+                "The 'supports_n' parameter of Upstream must be a bool. Got "
+                f"{self.supports_n!r} instead."
+            )
         if not isinstance(self.base_url, str) or not self.base_url.startswith(
             ("http://", "https://")
         ):
@@ -1219,13 +1253,14 @@ class _Proxy:
         self._health = (now, doc)
         return doc["_code"], doc
 
-    async def _probe(self, up: Upstream) -> dict[str, Any]:
+    async def _probe(self, up: Upstream, client: Any = None) -> dict[str, Any]:
         import aiohttp
 
+        client = client or self._client()
         headers = {"Authorization": f"Bearer {up.api_key}"} if up.api_key else {}
         out: dict[str, Any] = {"model": up.model, "ok": False, "status": None}
         try:
-            async with self._client().get(
+            async with client.get(
                 up.base_url.rstrip("/") + "/models",
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=min(up.timeout, 2.0)),
@@ -1625,6 +1660,100 @@ def _warn_if_open(app: Any, host: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=3)
 
 
+async def _probe_slm(client: Any, proxy: Any) -> tuple[str, bool | None]:
+    """One tiny SLM request with ``n=2`` and log-probs: verdict, n supported."""
+    import aiohttp
+
+    up = proxy.slm
+    headers = {"Authorization": f"Bearer {up.api_key}"} if up.api_key else {}
+    payload: dict[str, Any] = {
+        "model": up.model,
+        "messages": [{"role": "user", "content": "Say OK."}],
+        "max_tokens": 1,
+        "logprobs": True,
+    }
+    if proxy.top_logprobs:
+        payload["top_logprobs"] = proxy.top_logprobs
+    timeout = aiohttp.ClientTimeout(total=min(up.timeout, 30.0))
+    results = []
+    for n in (2, 1):
+        try:
+            async with client.post(
+                up.url, json={**payload, "n": n}, headers=headers, timeout=timeout
+            ) as r:
+                raw = await r.read()
+                doc = json.loads(raw) if r.status < 400 else None
+                results.append((r.status, doc, raw))
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            return f"unreachable ({type(exc).__name__})", None
+        except ValueError:
+            return "answers that are not JSON", None
+        if r.status < 400 and isinstance(doc, dict) and n == 2:
+            break
+    status, doc, raw = results[0]
+    if not isinstance(doc, dict) or answer_problem(doc) is not None:
+        if len(results) == 2 and isinstance(results[1][1], dict):
+            status, doc = 200, results[1][1]
+            supports = False
+        else:
+            msg = _error_message(raw.decode(errors="replace"))
+            return f"refused a test request (HTTP {status}: {msg})", None
+    else:
+        supports = len(doc["choices"]) >= 2
+    lp = _choice_logprobs(doc["choices"][0])[0]
+    parts = ["n > 1 in one request" if supports else "n = 1 only: k parallel requests"]
+    parts.append("log-probs" if lp.size else "NO log-probs (every step looks certain)")
+    return "OK (" + ", ".join(parts) + ")", supports
+
+
+def check_upstreams(app: Any) -> str:
+    """Check both upstreams once; return a one-line verdict.
+
+    The SLM gets one tiny chat request (``max_tokens=1``, ``n=2``, log-probs):
+    when it refuses or ignores ``n > 1`` the app switches to ``k`` parallel
+    ``n=1`` requests. The LLM is only asked for its model list (no paid call).
+    :func:`run_server` calls this before serving.
+
+    Parameters
+    ----------
+    app : FastAPI
+        Built by :func:`create_app`.
+
+    Returns
+    -------
+    str
+        E.g. ``"SLM small: OK (n > 1 in one request, log-probs); LLM large:
+        reachable, model listed"``.
+    """
+    import dataclasses
+
+    import aiohttp
+
+    proxy = app.state.proxy
+
+    async def run() -> str:
+        async with aiohttp.ClientSession() as client:
+            verdict, supports = await _probe_slm(client, proxy)
+            llm = await proxy._probe(proxy.llm, client)
+        if supports is False and proxy.slm.supports_n:
+            proxy.slm = dataclasses.replace(proxy.slm, supports_n=False)
+        if llm["ok"]:
+            listed = llm.get("model_listed")
+            llm_text = (
+                "reachable"
+                + {
+                    True: ", model listed",
+                    False: ", model NOT listed",
+                    None: "",
+                }[listed]
+            )
+        else:
+            llm_text = f"NOT reachable ({llm.get('error') or llm['status']})"
+        return f"SLM {proxy.slm.model}: {verdict}; LLM {proxy.llm.model}: {llm_text}"
+
+    return asyncio.run(run())
+
+
 def run_server(
     app: Any, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"
 ) -> None:
@@ -1639,4 +1768,6 @@ def run_server(
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError(_MISSING_EXTRA) from exc
     _warn_if_open(app, host)
+    if getattr(getattr(app, "state", None), "proxy", None) is not None:
+        print(f"r2vcal serve: {check_upstreams(app)}", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -457,3 +457,33 @@ def test_health_reports_the_upstreams(router, ups):
     assert doc["slm"]["ok"] is True and doc["slm"]["model_listed"] is True
     assert doc["llm"]["ok"] is False and "connection failed" in doc["llm"]["error"]
     assert "127.0.0.1" not in r.text
+
+
+def test_startup_check_detects_n1_servers_and_missing_logprobs(router, ups):
+    from r2vcal.serve import check_upstreams
+
+    slm, llm = ups
+
+    def n1_without_logprobs(body):
+        if (body.get("n") or 1) > 1:
+            return 400, {"error": {"message": "only one completion choice allowed"}}
+        return 200, ok_answer("slm", {**body, "logprobs": False})
+
+    slm.handler = n1_without_logprobs
+    app, server = _proxy(router, ups)
+    verdict = check_upstreams(app)
+    assert verdict == (
+        "SLM small: OK (n = 1 only: k parallel requests, NO log-probs (every step "
+        "looks certain)); LLM large: reachable, model NOT listed"
+    )
+    assert app.state.proxy.slm.supports_n is False and llm.calls == 0
+    slm.reset()
+    with server:
+        r = _post(server.url, _messages())
+    assert r.status_code == 200 and slm.calls == K
+    slm.handler = lambda body: (200, ok_answer("slm", body))
+    app, _ = _proxy(router, ups)
+    assert check_upstreams(app).startswith(
+        "SLM small: OK (n > 1 in one request, log-probs)"
+    )
+    assert app.state.proxy.slm.supports_n is True
