@@ -24,7 +24,9 @@ previous answer and a tool observation appended each step) with no conversation
 id, so the proxy's history fingerprint is on the measured path, and they send
 ``x-stainless-retry-count: 0`` as the OpenAI SDKs do (no request is a retry).
 
-Usage: ``python bench/bench_serve.py [--requests 300] [--clients 32] [--seconds 5]``
+Usage: ``python bench/bench_serve.py [--requests 300] [--clients 32] [--seconds 5]``;
+``--memory 100000 [--max-conversations 10000] [--steps 2]`` measures the proxy's
+memory per conversation instead.
 """
 
 from __future__ import annotations
@@ -213,6 +215,72 @@ def server_overhead(url: str) -> float:
     )
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory(n: int, cap: int, steps: int, k: int, tokens: int) -> None:
+    """Memory per conversation: the proxy's own state for ``n`` conversations.
+
+    Drives the proxy's state exactly as a request does (conversation match,
+    ``StepCascade.decide``, the log record, the remembered answer), without
+    HTTP, so 100,000 conversations take minutes rather than an hour.
+    """
+    import gc
+
+    from r2vcal import serve
+
+    with tempfile.TemporaryDirectory() as tmp:
+        router = __import__("r2vcal").load_router(save_bench_router(Path(tmp)))
+    dead = serve.Upstream("http://127.0.0.1:9/v1", "none")
+    app = serve.create_app(
+        router, slm=dead, llm=dead, k=k, threshold=1.0, max_conversations=cap
+    )
+    proxy = app.state.proxy
+    doc = json.loads(canned_answer(k, tokens))
+    texts = [serve._choice_text(c) for c in doc["choices"]]
+    parts = [serve._choice_logprobs(c) for c in doc["choices"]]
+    system = {"role": "system", "content": "You are an agent. " * 20}
+    gc.collect()
+    base, at_cap = _rss_mb(), 0.0
+    t0 = time.perf_counter()
+    for c in range(n):
+        msgs = [system, {"role": "user", "content": f"task {c}"}]
+        for t in range(steps):
+            m = proxy.convs.match(None, msgs, retry_count=0)
+            d = proxy.cascade.decide(
+                msgs,
+                texts,
+                [p[0] for p in parts],
+                token_entropies=[p[1] for p in parts],
+                episode_id=m.conv.id,
+                context_length=50.0,
+            )
+            proxy._record(d, None, None)
+            proxy._after_decision(m.conv.id)
+            msg = {"role": "assistant", "content": f"action {c}-{t}"}
+            chosen = {**doc["choices"][0], "message": msg, "logprobs": None}
+            answer = {**doc, "choices": [chosen]}
+            res = serve._Result(200, answer, {"x-r2vcal-step": str(t)})
+            res.extra["message"] = msg
+            proxy.convs.answered(m.conv, msg, res)
+            msgs = [*msgs, msg, {"role": "tool", "content": f"You see box {t}."}]
+        if c + 1 == cap:
+            gc.collect()
+            at_cap = _rss_mb()
+    gc.collect()
+    end = _rss_mb()
+    print(
+        f"memory: {n} conversations x {steps} steps (k={k}, {tokens} tokens) under "
+        f"max_conversations={cap}: {len(proxy.convs)} kept, "
+        f"{len(proxy.cascade._episodes)} cascade episodes; RSS +{at_cap - base:.1f} "
+        f"MiB at the cap ({(at_cap - base) * 2**20 / cap / 1024:.1f} KiB per "
+        f"conversation), +{end - at_cap:.1f} MiB over the next {n - cap} "
+        f"conversations ({time.perf_counter() - t0:.0f} s)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
@@ -221,7 +289,18 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory",
+        type=int,
+        metavar="N",
+        help="measure memory per conversation for N conversations instead",
+    )
+    parser.add_argument("--max-conversations", type=int, default=10_000)
+    parser.add_argument("--steps", type=int, default=2, help="steps per conversation")
     args = parser.parse_args()
+    if args.memory:
+        memory(args.memory, args.max_conversations, args.steps, args.k, args.tokens)
+        return
     if args.upstream:
         run_upstream(args.upstream, args.k, args.tokens)
         return

@@ -1002,7 +1002,8 @@ class _Proxy:
             return Response(status_code=499)
         res.kind = kind
         if res.status == 200:
-            res.extra["messages"] = messages
+            if kind == "responses":  # kept for previous_response_id
+                res.extra["messages"] = messages
             self.convs.answered(conv, res.extra["message"], res)
         return self._respond(res, reply, t0, res.extra.get("waited", 0.0))
 
