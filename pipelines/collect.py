@@ -28,24 +28,43 @@ key                           meaning
 
 Runs are resumable: each finished episode is appended and flushed at once;
 on restart, completed keys are skipped and a torn final line (a run killed
-mid-write) is dropped. Parallelism uses :class:`joblib.Parallel` with a
-configurable backend (``loky`` by default; ``dask``/``ray`` via
-``joblib.parallel_config``).
+mid-write: the last line, without its newline) is removed. Nothing else is
+ever rewritten or dropped:
+
+- the output must end in ``.jsonl``, and an existing file must hold only
+  ``r2vcal.trajectory/v1`` records, one per line with unique keys; a file with
+  a foreign or unreadable line (another tool's file, a future
+  ``trajectory/v2`` record) is refused with the line number, untouched;
+- a run holds an exclusive :func:`fcntl.flock` on the output for its whole
+  duration; a second run on the same file fails at once with
+  :class:`OutputLockedError` instead of writing duplicates;
+- worker processes started by the run (``loky``, ``multiprocessing``) exit
+  when the run's process dies, even by ``kill -9``.
+
+Parallelism uses :class:`joblib.Parallel` with a configurable backend
+(``loky`` by default; ``dask``/``ray`` via ``joblib.parallel_config``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 __all__ = [
     "SCHEMA",
+    "SUFFIX",
     "CollectConfig",
+    "OutputLockedError",
     "collect_episode",
     "load_records",
     "main",
@@ -53,7 +72,16 @@ __all__ = [
 ]
 
 SCHEMA = "r2vcal.trajectory/v1"
+#: The only file suffix collection writes to.
+SUFFIX = ".jsonl"
 _ENVS: dict[str, Any] = {}
+# every record line starts with this (``schema`` is the record's first key)
+_PREFIX = json.dumps({"schema": SCHEMA})[:-1].encode()
+_WATCHDOG: list[int] = []
+
+
+class OutputLockedError(RuntimeError):
+    """Another collection run holds the lock on the output file."""
 
 
 @dataclass
@@ -152,6 +180,8 @@ def collect_episode(cfg: dict[str, Any], task: str, seed: int) -> dict[str, Any]
     from pipelines.perturb import PerturbedEnv, make_family
     from pipelines.policies import ExpertPolicy
 
+    if "parent_pid" in cfg:
+        _end_with_parent(int(cfg["parent_pid"]))
     start = time.perf_counter()
     base = _get_env(cfg["env"], cfg["env_kwargs"])
     ops = [op for fam in cfg["families"] for op in make_family(fam, cfg["rate"])]
@@ -192,6 +222,108 @@ def collect_episode(cfg: dict[str, Any], task: str, seed: int) -> dict[str, Any]
     }
 
 
+def _check_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """The record of one line, or ``None`` and what is wrong with it."""
+    try:
+        rec = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        return None, f"is not valid JSON ({exc})"
+    if not isinstance(rec, dict):
+        return None, f"is a JSON {type(rec).__name__}, not a record object"
+    if rec.get("schema") != SCHEMA:
+        return None, (
+            f"has schema {rec.get('schema')!r}, not {SCHEMA!r} (a foreign record, "
+            "or one from another version)"
+        )
+    if not isinstance(rec.get("key"), str):
+        return None, f"has no string 'key' (got {rec.get('key')!r})"
+    return rec, ""
+
+
+def _scan(fh: IO[bytes], path: Path) -> tuple[list[dict[str, Any]], int | None, bytes]:
+    """Read every record; refuse a file with a foreign or unreadable line.
+
+    Returns the records, the byte offset of a torn final line (``None`` when
+    the file ends with a newline), and what repairing it needs: ``b""`` to
+    cut the line off, ``b"\\n"`` when it is a complete record that only lacks
+    its newline.
+    """
+    records: list[dict[str, Any]] = []
+    first_line: dict[str, int] = {}
+    offset = 0
+    fh.seek(0)
+    for lineno, raw in enumerate(fh, start=1):
+        if not raw.endswith(b"\n"):  # the final line, torn by a killed run
+            rec, _ = _check_line(raw)
+            if rec is not None and rec["key"] not in first_line:
+                records.append(rec)
+                return records, offset, b"\n"
+            if raw.startswith(_PREFIX) or _PREFIX.startswith(raw):
+                return records, offset, b""
+        rec, problem = _check_line(raw)
+        if rec is None:
+            what = (
+                "its first line is not an r2vcal.trajectory/v1 record (not a file "
+                "written by pipelines.collect)"
+                if lineno == 1
+                else f"line {lineno} {problem}"
+            )
+            raise ValueError(
+                f"{path}: {what}; refusing to read or modify it. Only a torn final "
+                "line (no trailing newline) is repaired; move the file away or "
+                "fix that line by hand."
+                + (f" Line 1 {problem}." if lineno == 1 else "")
+            )
+        key = rec["key"]
+        if key in first_line:
+            raise ValueError(
+                f"{path}: line {lineno} repeats the key {key!r} of line "
+                f"{first_line[key]}; refusing to read or modify it. Remove the "
+                "duplicate by hand."
+            )
+        first_line[key] = lineno
+        records.append(rec)
+        offset += len(raw)
+    return records, None, b""
+
+
+def _repair(fh: IO[bytes], offset: int | None, fix: bytes) -> None:
+    if offset is None:
+        return
+    if fix:
+        fh.seek(0, os.SEEK_END)
+        fh.write(fix)
+    else:
+        fh.truncate(offset)
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _check_out(path: Path) -> None:
+    if path.suffix != SUFFIX:
+        raise ValueError(
+            f"out must be a {SUFFIX} file; got {str(path)!r}. Collection never "
+            f"writes to other files (did you mean {str(path.with_suffix(SUFFIX))!r}?)."
+        )
+    if path.exists() and not path.is_file():
+        raise ValueError(f"out {str(path)!r} exists and is not a regular file.")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[IO[bytes]]:
+    """Open ``path`` for appending (created if missing) under an exclusive lock."""
+    _check_out(path)
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputLockedError(
+                f"{path} is locked by another collection run (fcntl.flock); wait "
+                "for it to finish, or pass another out."
+            ) from None
+        yield fh
+
+
 def load_records(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:
     """Read a trajectory file, skipping a torn final line.
 
@@ -199,38 +331,46 @@ def load_records(path: str | Path, *, repair: bool = False) -> list[dict[str, An
     ----------
     path : str or Path
     repair : bool, default=False
-        Rewrite the file without unreadable lines (atomically).
+        Remove a torn final line (the last line, without its newline) from
+        the file, under the same exclusive lock a collection run holds.
 
     Returns
     -------
     list of dict
+
+    Raises
+    ------
+    ValueError
+        When a line other than a torn final one is not an
+        ``r2vcal.trajectory/v1`` record, or repeats a key; the message names
+        the line. The file is left untouched.
+    OutputLockedError
+        With ``repair=True``, when a collection run holds the file.
     """
     path = Path(path)
     if not path.is_file():
         return []
-    records, bad = [], 0
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(rec, dict) and rec.get("schema") == SCHEMA and "key" in rec:
-                records.append(rec)
-            else:
-                bad += 1
-    if repair and bad:
-        tmp = path.with_suffix(path.suffix + ".repair")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    return records
+    if repair:
+        with _locked(path) as fh:
+            records, offset, fix = _scan(fh, path)
+            _repair(fh, offset, fix)
+        return records
+    with open(path, "rb") as fh:
+        return _scan(fh, path)[0]
+
+
+def _end_with_parent(parent: int) -> None:
+    """In a worker process forked/spawned by ``parent``: exit when it dies."""
+    if _WATCHDOG or os.getpid() == parent or os.getppid() != parent:
+        return  # the parent itself, or a worker of a cluster (dask, ray)
+    _WATCHDOG.append(parent)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="collect-watchdog", daemon=True).start()
 
 
 def main(cfg: CollectConfig) -> dict[str, Any]:
@@ -251,38 +391,39 @@ def main(cfg: CollectConfig) -> dict[str, Any]:
     if cfg.n_seeds < 1:
         raise ValueError(f"n_seeds must be >= 1; got {cfg.n_seeds!r}.")
     start = time.perf_counter()
-    env = _get_env(cfg.env, cfg.env_kwargs)
-    tasks = list(cfg.tasks) if cfg.tasks else env.tasks(cfg.split)
-    if cfg.limit is not None:
-        tasks = tasks[: cfg.limit]
     out = Path(cfg.out)
+    _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done_keys = {r["key"] for r in load_records(out, repair=True)}
-    jobs = [
-        (t, s)
-        for t in tasks
-        for s in range(cfg.n_seeds)
-        if _episode_key(cfg.env, t, s) not in done_keys
-    ]
-    cfg_dict = asdict(cfg)
-    par_kwargs: dict[str, Any] = {"n_jobs": cfg.n_jobs, "return_as": "generator"}
-    if cfg.backend is not None:
-        par_kwargs["backend"] = cfg.backend
-    n_new, n_success = 0, 0
-    with (
-        open(out, "a", encoding="utf-8") as fh,
-        tqdm(total=len(jobs), disable=not cfg.progress, desc="collect") as bar,
-    ):
-        results = Parallel(**par_kwargs)(
-            delayed(collect_episode)(cfg_dict, t, s) for t, s in jobs
-        )
-        for rec in results:
-            fh.write(json.dumps(rec) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-            n_new += 1
-            n_success += rec["success"]
-            bar.update(1)
+    with _locked(out) as fh:
+        records, offset, fix = _scan(fh, out)
+        env = _get_env(cfg.env, cfg.env_kwargs)
+        tasks = list(cfg.tasks) if cfg.tasks else env.tasks(cfg.split)
+        if cfg.limit is not None:
+            tasks = tasks[: cfg.limit]
+        _repair(fh, offset, fix)
+        done_keys = {r["key"] for r in records}
+        jobs = [
+            (t, s)
+            for t in tasks
+            for s in range(cfg.n_seeds)
+            if _episode_key(cfg.env, t, s) not in done_keys
+        ]
+        cfg_dict = {**asdict(cfg), "parent_pid": os.getpid()}
+        par_kwargs: dict[str, Any] = {"n_jobs": cfg.n_jobs, "return_as": "generator"}
+        if cfg.backend is not None:
+            par_kwargs["backend"] = cfg.backend
+        n_new, n_success = 0, 0
+        with tqdm(total=len(jobs), disable=not cfg.progress, desc="collect") as bar:
+            results = Parallel(**par_kwargs)(
+                delayed(collect_episode)(cfg_dict, t, s) for t, s in jobs
+            )
+            for rec in results:
+                fh.write((json.dumps(rec) + "\n").encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+                n_new += 1
+                n_success += rec["success"]
+                bar.update(1)
     return {
         "n_new": n_new,
         "n_skipped": len(tasks) * cfg.n_seeds - len(jobs),
@@ -312,5 +453,17 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cli(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.collect``: errors about the output are one line."""
+    cfg = CollectConfig(**vars(make_parser().parse_args(argv)))
+    try:
+        summary = main(cfg)
+    except (OutputLockedError, ValueError) as exc:
+        print(f"pipelines.collect: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(CollectConfig(**vars(make_parser().parse_args())))))
+    sys.exit(_cli())
