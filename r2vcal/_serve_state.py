@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import secrets
 import threading
 import time
@@ -43,6 +44,9 @@ from pathlib import Path
 from typing import Any
 
 __all__: list[str] = []
+
+#: What a tool-call id looks like inside re-rendered text.
+_ID_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{7,}")
 
 #: ``metadata`` keys read as a conversation id, in order.
 METADATA_KEYS = ("conversation_id", "conversation", "session_id", "thread_id")
@@ -269,7 +273,11 @@ class ConversationTracker:
                 scores = [self._score(self.convs[i], mine, key) for i in ids]
                 best = max(scores)
                 return self.convs[ids[scores.index(best)]]
-        # 3. tool-call ids the client sent back
+        # 3. tool-call ids the client sent back, as fields or in the text of
+        #    the assistant turns it re-rendered (smolagents: "Calling tools:
+        #    [{'id': 'call_...', ...}]")
+        if not self._by_call:
+            return None
         calls: list[Any] = [previous] if previous else []
         for m in reversed(messages):
             if m.get("role") in ("tool", "function"):
@@ -281,6 +289,17 @@ class ConversationTracker:
             ids = self._by_call.get(cid) if isinstance(cid, str) else None
             if ids:
                 return self.convs[ids[-1]]
+        seen = 0
+        for m in reversed(messages):
+            if m.get("role") != "assistant":
+                continue
+            for token in _ID_TOKEN.findall(_text(m.get("content"))):
+                ids = self._by_call.get(token)
+                if ids:
+                    return self.convs[ids[-1]]
+            seen += 1
+            if seen == 4:
+                break
         return None
 
     @staticmethod

@@ -148,6 +148,7 @@ _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 #: context too long, a bad field): returned to the client, not escalated.
 _CLIENT_FAULT_STATUS = frozenset({400, 413, 422})
 _LOG = logging.getLogger("r2vcal.serve")
+_OBSERVATION = "Observation:"
 _MISSING_EXTRA = (
     "r2vcal serve needs FastAPI, uvicorn and aiohttp: pip install 'r2vcal[serve]'"
 )
@@ -466,13 +467,24 @@ def _content_text(content: Any) -> str:
 
 
 def _tool_error(messages: Sequence[dict[str, Any]], pattern: re.Pattern[str]) -> bool:
+    """A tool result since the last assistant turn reports an error.
+
+    Tool results are ``tool``/``function`` messages, and user messages that
+    start with ``Observation:`` (how smolagents sends tool results).
+    """
     for m in reversed(messages):
         role = m.get("role")
         if role == "assistant":
             return False
-        if role in ("tool", "function") and pattern.search(
-            _content_text(m.get("content"))
-        ):
+        if role in ("tool", "function"):
+            text = _content_text(m.get("content"))
+        elif role == "user":
+            text = _content_text(m.get("content"))
+            if not text.startswith(_OBSERVATION):
+                continue
+        else:
+            continue
+        if pattern.search(text):
             return True
     return False
 
