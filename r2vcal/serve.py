@@ -538,6 +538,11 @@ def _choice_logprobs(choice: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray 
                 top[i, : len(r)] = r
     except (TypeError, ValueError):  # a null or non-numeric log-prob
         return lp, None
+    return lp, _entropies(top)
+
+
+def _entropies(top: np.ndarray) -> np.ndarray:
+    """Token entropies from rows of top log-probs (padding is ``-inf``)."""
     top = np.where(np.isfinite(top), np.minimum(top, 0.0), -np.inf)
     p = np.exp(top)
     with np.errstate(invalid="ignore"):
@@ -545,7 +550,49 @@ def _choice_logprobs(choice: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray 
     residual = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         rlogr = np.where(residual > 0, residual * np.log(residual), 0.0)
-    return lp, np.maximum(-plogp - rlogr, 0.0)
+    return np.maximum(-plogp - rlogr, 0.0)  # type: ignore[no-any-return]
+
+
+def _choices_logprobs(
+    choices: Sequence[Mapping[str, Any]],
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """:func:`_choice_logprobs` of every choice, with one entropy computation."""
+    lps: list[np.ndarray] = []
+    rows: list[list[Any]] = []
+    spans: list[tuple[int, int, int]] = []
+    for j, choice in enumerate(choices):
+        tokens = (choice.get("logprobs") or {}).get("content") or []
+        try:
+            lp = np.array([t["logprob"] for t in tokens], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            return [_choice_logprobs(c) for c in choices]
+        lps.append(np.where(np.isfinite(lp), np.minimum(lp, 0.0), -100.0))
+        if not tokens:
+            continue
+        try:
+            mine = [[a["logprob"] for a in t["top_logprobs"]] for t in tokens]
+        except (KeyError, TypeError):
+            continue
+        if max(map(len, mine)) == 0:
+            continue
+        spans.append((j, len(rows), len(rows) + len(mine)))
+        rows += mine
+    ents: list[np.ndarray | None] = [None] * len(choices)
+    if rows:
+        width = max(map(len, rows))
+        try:
+            if all(len(r) == width for r in rows):
+                top = np.array(rows, dtype=np.float64)
+            else:
+                top = np.full((len(rows), width), -np.inf)
+                for i, r in enumerate(rows):
+                    top[i, : len(r)] = r
+        except (TypeError, ValueError):  # a null or non-numeric log-prob somewhere
+            return [_choice_logprobs(c) for c in choices]
+        ent = _entropies(top)
+        for j, a, b in spans:
+            ents[j] = ent[a:b]
+    return list(zip(lps, ents, strict=True))
 
 
 # --------------------------------------------------------------------------- #
@@ -1071,7 +1118,7 @@ class _Proxy:
         choices = sorted(slm_doc["choices"], key=lambda c: c.get("index", 0))
         choices = [choices[i % len(choices)] for i in range(k)]
         texts = [_choice_text(c) for c in choices]
-        parts = [_choice_logprobs(c) for c in choices]
+        parts = _choices_logprobs(choices)
         if any(p[0].size == 0 for p in parts):
             self.metrics.inc("r2vcal_missing_logprobs_total")
             headers["x-r2vcal-logprobs"] = "missing"

@@ -487,3 +487,28 @@ def test_startup_check_detects_n1_servers_and_missing_logprobs(router, ups):
         "SLM small: OK (n > 1 in one request, log-probs)"
     )
     assert app.state.proxy.slm.supports_n is True
+
+
+def test_batched_logprobs_match_the_per_choice_ones():
+    from r2vcal.serve import _choice_logprobs, _choices_logprobs
+
+    body = {"n": 4, "logprobs": True}
+    choices = ok_answer("slm", body)["choices"]
+    choices[1] = {**choices[1], "logprobs": None}  # no log-probs
+    short = json.loads(json.dumps(choices[2]))  # ragged top_logprobs
+    short["logprobs"]["content"][0]["top_logprobs"] = short["logprobs"]["content"][0][
+        "top_logprobs"
+    ][:1]
+    choices[2] = short
+    for bad in (False, True):
+        if bad:  # a non-numeric log-prob: that choice has no entropies
+            choices[3] = json.loads(json.dumps(choices[3]))
+            choices[3]["logprobs"]["content"][1]["top_logprobs"][0]["logprob"] = "x"
+        want = [_choice_logprobs(c) for c in choices]
+        got = _choices_logprobs(choices)
+        for (lp_w, ent_w), (lp_g, ent_g) in zip(want, got, strict=True):
+            np.testing.assert_array_equal(lp_g, lp_w)
+            assert (ent_w is None) == (ent_g is None)
+            if ent_w is not None:
+                np.testing.assert_allclose(ent_g, ent_w)
+        assert (got[3][1] is None) is bad and got[1][1] is None
