@@ -1,25 +1,38 @@
-"""Terminal tasks: each solution.sh passes its tests; an empty attempt fails."""
+"""Terminal tasks in both runners: each solution.sh passes its tests, an empty
+attempt fails, hostile commands are contained and no container is left behind."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 
 from pipelines.envs import Env
 from pipelines.envs.terminal import (
+    BASE_IMAGE,
     TerminalEnv,
     default_tasks_dir,
+    docker_available,
+    image_exists,
     load_task,
     parse_pytest_summary,
 )
 
 TASKS = sorted(p.name for p in default_tasks_dir().iterdir() if p.is_dir())
+REPO = Path(__file__).resolve().parents[2]
 
 # Tests that run code need the sandbox (bubblewrap); CI installs it.
 _NO_EXEC = {
-    "test_at_least_six_tasks_in_format",
+    "test_at_least_twenty_tasks_in_format",
     "test_splits_and_errors",
     "test_refused_without_bubblewrap",
     "test_parse_pytest_summary",
@@ -39,33 +52,84 @@ def _sandbox_or_skip(request) -> None:
     pytest.skip(msg)
 
 
+def _docker_or_skip() -> None:
+    """Skip without a Docker engine and base image; fail where CI promised one."""
+    if docker_available() and image_exists(BASE_IMAGE):
+        return
+    msg = (
+        "no Docker engine answers `docker info` or the base image "
+        f"{BASE_IMAGE} is missing (start dockerd; python -m "
+        "pipelines.envs.terminal build-image)"
+    )
+    if os.environ.get("R2VCAL_REQUIRE_DOCKER"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+RUNNERS = ["sandbox", "docker"]
+
+
+def _make(runner: str, **kwargs) -> TerminalEnv:
+    if runner == "docker":
+        _docker_or_skip()
+    return TerminalEnv(use_docker=runner == "docker", **kwargs)
+
+
 @pytest.fixture(scope="module")
 def env() -> TerminalEnv:
-    env = TerminalEnv()
+    env = TerminalEnv(use_docker=False)
     yield env
     env.close()
 
 
-def test_at_least_six_tasks_in_format() -> None:
-    assert len(TASKS) >= 6
+def _episode(env: TerminalEnv, task: str, expert: bool) -> list[tuple]:
+    env.reset(task)
+    record = []
+    actions = iter(["SUBMIT"]) if not expert else None
+    while True:
+        action = env.expert_action() if expert else next(actions, None)
+        if action is None:
+            break
+        obs, done, success, info = env.step(action)
+        info = {k: v for k, v in info.items() if k not in ("runner", "isolation")}
+        record.append((obs if action == "SUBMIT" else "", done, success, info))
+        if done:
+            break
+    return record
+
+
+def test_at_least_twenty_tasks_in_format() -> None:
+    assert len(TASKS) >= 20
+    env = TerminalEnv(use_docker=False)
+    splits = {s: env.tasks(s) for s in ("train", "validation", "test")}
+    assert all(len(v) >= 5 for v in splits.values()), splits
     for name in TASKS:
         task = load_task(default_tasks_dir() / name)
         assert task.instruction and task.agent_timeout > 0
+        assert (task.path / "tests" / "test_outputs.py").is_file()
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_solution_passes_and_empty_attempt_fails(env, task) -> None:
-    assert isinstance(env, Env)
-    env.reset(task)
-    _, done, success, info = env.step("SUBMIT")
-    assert done and not success and not info["tests_passed"]
-    env.reset(task)
-    steps = 0
-    while (action := env.expert_action()) is not None:
-        obs, done, success, info = env.step(action)
-        steps += 1
-    assert success, obs
-    assert steps == 2
+def test_solution_passes_and_empty_attempt_fails_in_both_runners(task) -> None:
+    """Same verdicts and identical records (apart from the runner) in both."""
+    records = {}
+    for runner in RUNNERS:
+        if runner == "docker" and not (docker_available() and image_exists()):
+            if os.environ.get("R2VCAL_REQUIRE_DOCKER"):
+                _docker_or_skip()
+            continue
+        env = TerminalEnv(use_docker=runner == "docker")
+        assert isinstance(env, Env) and env.backend == runner
+        try:
+            empty = _episode(env, task, expert=False)
+            solved = _episode(env, task, expert=True)
+        finally:
+            env.close()
+        assert empty[-1][1] and not empty[-1][2] and not empty[-1][3]["tests_passed"]
+        assert len(solved) == 2 and solved[-1][2], solved
+        records[runner] = (empty[-1][1:], solved)
+    if len(records) == 2:
+        assert records["sandbox"] == records["docker"]
 
 
 def test_state_persists_and_errors_flagged(env) -> None:
@@ -91,8 +155,10 @@ def test_splits_and_errors(env, tmp_path) -> None:
         env.reset("nope")
     with pytest.raises(FileNotFoundError, match="missing"):
         load_task(tmp_path)
-    with pytest.raises(NotImplementedError, match="use_docker"):
-        TerminalEnv(use_docker=True)
+    with pytest.raises(ValueError, match="'use_docker'"):
+        TerminalEnv(use_docker="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="command_timeout"):
+        TerminalEnv(command_timeout=0)
 
 
 def _bwrap_or_skip() -> None:
@@ -155,11 +221,11 @@ def test_refused_without_bubblewrap(tmp_path, monkeypatch) -> None:
                 if name != "bwrap" and not link.exists() and not link.is_symlink():
                     link.symlink_to(os.path.join(d, name))
     monkeypatch.setenv("PATH", str(bindir))
-    env = TerminalEnv()
+    env = TerminalEnv(use_docker=False)
     env.reset(TASKS[0])
     with pytest.raises(SandboxUnavailableError, match="allow_weak_isolation"):
         env.step("echo hi")
-    weak = TerminalEnv(allow_weak_isolation=True)
+    weak = TerminalEnv(allow_weak_isolation=True, use_docker=False)
     weak.reset(TASKS[0])
     obs, _, _, info = weak.step("echo hi")
     assert obs == "hi"
@@ -177,3 +243,147 @@ def test_parse_pytest_summary() -> None:
         "a.py::t3": "ERROR",
     }
     assert parse_pytest_summary("no tests ran") == {}
+
+
+# ------------------------------------------ adversarial suite, both runners
+def _host_listener() -> tuple[socket.socket, list[int], threading.Thread]:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    srv.settimeout(0.2)
+    hits: list[int] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+                hits.append(1)
+                conn.close()
+            except OSError:
+                pass
+
+    th = threading.Thread(target=accept, daemon=True)
+    th.stop = stop  # type: ignore[attr-defined]
+    th.start()
+    return srv, hits, th
+
+
+def _our_containers() -> list[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=r2vcal.owner={os.getpid()}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.split()
+
+
+def _processes_with(marker: str) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_adversarial_commands_are_contained(runner, tmp_path) -> None:
+    """Fork bomb, memory bomb, infinite loop, network, writes outside the work
+    dir, os._exit, a background process: contained, host unchanged, nothing
+    left behind."""
+    env = _make(runner, command_timeout=4.0, memory_mb=512, max_steps=20)
+    marker = f"31{uuid.uuid4().int % 10**6}"
+    outside = tmp_path / "outside.txt"
+    srv, hits, th = _host_listener()
+    port = srv.getsockname()[1]
+    table: dict[str, bool] = {}
+    try:
+        env.reset(TASKS[0])
+        start = time.perf_counter()
+        _, _, _, info = env.step("bomb() { bomb | bomb & }; bomb")
+        table["fork bomb"] = time.perf_counter() - start < 30
+        # In Docker the bomb's processes persist until the episode ends, as
+        # background processes do in TerminalBench: start a fresh episode.
+        env.reset(TASKS[0])
+        obs, _, _, info = env.step(
+            "python3 -c 'x = bytearray(8 * 1024**3); print(\"allocated\")'"
+        )
+        table["memory bomb"] = info["tool_error"] and "allocated" not in obs
+        start = time.perf_counter()
+        obs, _, _, info = env.step("while :; do :; done")
+        table["infinite loop"] = (
+            info["tool_error"]
+            and "timed out" in obs
+            and time.perf_counter() - start < 30
+        )
+        obs, _, _, info = env.step(
+            "python3 -c 'import socket; "
+            f'socket.create_connection(("127.0.0.1", {port}), timeout=2)\'; '
+            f"echo hi > /dev/tcp/127.0.0.1/{port}"
+        )
+        time.sleep(0.5)
+        table["network"] = info["tool_error"] and hits == []
+        obs, _, _, info = env.step(f"echo pwned > {outside}; touch /etc/pwned")
+        table["write outside the work dir"] = (
+            info["tool_error"] and not outside.exists()
+        )
+        obs, _, _, info = env.step("python3 -c 'import os; os._exit(3)'")
+        table["os._exit"] = info["exit_code"] == 3
+        env.step(f"(sleep {marker} &) ; nohup sleep {marker} >/dev/null 2>&1 &")
+        obs, _, _, info = env.step("echo alive")
+        table["still usable"] = obs == "alive"
+    finally:
+        env.close()
+        th.stop.set()  # type: ignore[attr-defined]
+        th.join(5)
+        srv.close()
+    time.sleep(0.5)
+    table["background process gone"] = _processes_with(marker) == []
+    if runner == "docker":
+        table["no container left"] = _our_containers() == []
+    assert not Path("/etc/pwned").exists()
+    assert all(table.values()), table
+
+
+def test_docker_container_removed_on_sigint_and_swept_after_sigkill(tmp_path) -> None:
+    _docker_or_skip()
+    from pipelines.envs.terminal import sweep_containers
+
+    code = (
+        "from pipelines.envs.terminal import TerminalEnv\n"
+        "env = TerminalEnv(use_docker=True)\n"
+        f"env.reset({TASKS[0]!r})\n"
+        "print('started', flush=True)\n"
+        "env.step('sleep 60')\n"
+    )
+
+    def owned_by(pid: int) -> list[str]:
+        out = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=r2vcal.owner={pid}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return out.stdout.split()
+
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline() == "started\n"
+        time.sleep(1.0)
+        assert len(owned_by(proc.pid)) == 1
+        proc.send_signal(sig)
+        proc.wait(60)
+        if sig == signal.SIGKILL:
+            assert len(owned_by(proc.pid)) == 1  # nobody could clean up ...
+            sweep_containers()  # ... until the next runner starts
+        assert owned_by(proc.pid) == [], f"container left after {sig.name}"

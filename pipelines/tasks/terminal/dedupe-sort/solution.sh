@@ -1,0 +1,3 @@
+#!/bin/bash
+set -euo pipefail
+sort -u names.txt > unique.txt

@@ -1,0 +1,3 @@
+from io import fetch_data
+
+print(fetch_data())
