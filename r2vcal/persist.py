@@ -150,6 +150,8 @@ _ATTRIBUTES: dict[str, dict[str, _Attr]] = {
         "n_iter_": _spec("int"),
         "calibration_": _spec("none", "str"),
         "calibration_objective_": _spec("array", ndim=1),
+        "alpha_": _spec("number"),
+        "alpha_objective_": _spec("array", ndim=1),
     },
     "EntropyRouter": {**_COMMON, **_ISOTONIC},
     "VerifierRouter": {**_COMMON, **_ISOTONIC},
@@ -236,12 +238,19 @@ def _registry() -> dict[str, type]:
 
 
 def _allowed_attributes(cls: type) -> dict[str, _Attr] | None:
+    """The allowlist of ``cls``: this module's table (r2vcal classes) or the one
+    given to :func:`register_persistable`, plus the class's own
+    ``_persist_attributes`` (``{"name_": "number|array", ...}``) if it has one."""
     name = cls.__name__
+    base: dict[str, _Attr] | None = None
     if name in _CUSTOM_ATTRIBUTES:
-        return _CUSTOM_ATTRIBUTES[name]
-    if cls.__module__.startswith("r2vcal.") and name in _ATTRIBUTES:
-        return _ATTRIBUTES[name]
-    return None
+        base = _CUSTOM_ATTRIBUTES[name]
+    elif cls.__module__.startswith("r2vcal.") and name in _ATTRIBUTES:
+        base = _ATTRIBUTES[name]
+    extra = getattr(cls, "_persist_attributes", None)
+    if base is None or not isinstance(extra, dict) or not extra:
+        return base
+    return {**base, **{k: _spec(*str(v).split("|")) for k, v in extra.items()}}
 
 
 def _attribute_name_error(cls: type, key: str) -> str | None:
@@ -356,7 +365,8 @@ def save_router(router: Any, path: str | Path) -> Path:
         if reason is not None:
             raise TypeError(
                 f"{name}.{key} cannot be saved: {reason}. load_router would refuse "
-                f"it; add it to r2vcal.persist._ATTRIBUTES[{name!r}]."
+                f"it; declare it in {name}._persist_attributes (e.g. "
+                f"{{{key!r}: 'number'}}) or in r2vcal.persist._ATTRIBUTES[{name!r}]."
             )
         value = getattr(router, key)
         if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
@@ -383,7 +393,8 @@ def save_router(router: Any, path: str | Path) -> Path:
         if form not in spec.forms and not (form == "int" and "number" in spec.forms):
             raise TypeError(
                 f"{name}.{key} is stored as {form!r}, but load_router accepts only "
-                f"{sorted(spec.forms)} for it; update r2vcal.persist._ATTRIBUTES."
+                f"{sorted(spec.forms)} for it; update {name}._persist_attributes or "
+                "r2vcal.persist._ATTRIBUTES."
             )
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # type: ignore[arg-type]
@@ -950,7 +961,7 @@ def load_router(path: str | Path) -> Any:
             raise RouterFileError(
                 npath, missing[0], f"member missing ({_JSON} lists {n} arrays)"
             )
-    if _allowed_attributes(cls) is _ATTRIBUTES.get(cls.__name__):
+    if cls.__module__.startswith("r2vcal.") and cls.__name__ not in _CUSTOM_ATTRIBUTES:
         present = set(attrs) | set(lists) | set(arrays)
         for alternatives in _REQUIRED.get(cls.__name__, []):
             if not present.intersection(alternatives):

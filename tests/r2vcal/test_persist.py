@@ -416,3 +416,53 @@ def test_cli_report_prints_one_line_and_exits_2(saved, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "params.bogus" in err
+
+
+def test_class_can_declare_extra_persisted_attributes(tmp_path, data, monkeypatch):
+    X, y, g = data
+    r = CVaRBrierRouter(random_state=0).fit(X, y, groups=g)
+    r.extra_state_ = 0.25
+    monkeypatch.setattr(
+        CVaRBrierRouter,
+        "_persist_attributes",
+        {"extra_state_": "number"},
+        raising=False,
+    )
+    loaded = load_router(save_router(r, tmp_path / "r"))
+    assert loaded.extra_state_ == 0.25
+    r.extra_state_ = np.zeros(2)  # declared as a number, not an array
+    with pytest.raises(TypeError, match="stored as 'array'"):
+        save_router(r, tmp_path / "r2")
+
+
+def test_custom_class_with_and_without_allowlist(tmp_path, data):
+    from r2vcal import persist
+    from r2vcal.baselines import RandomRouter as Base
+
+    X, y, _ = data
+
+    class MyRouter(Base):
+        pass
+
+    try:
+        persist.register_persistable(MyRouter)
+        r = MyRouter(0.2).fit(X, y)
+        r.anything_ = 3
+        assert load_router(save_router(r, tmp_path / "a")).anything_ == 3
+        persist.register_persistable(
+            attributes={
+                "base_rate_": "number",
+                "threshold_": "number",
+                "classes_": "array",
+                "n_features_in_": "int",
+                "feature_names_in_": "strarray",
+            }
+        )(MyRouter)
+        with pytest.raises(TypeError, match="anything_"):
+            save_router(r, tmp_path / "b")
+        del r.anything_
+        loaded = load_router(save_router(r, tmp_path / "b"))
+        np.testing.assert_array_equal(loaded.predict_proba(X), r.predict_proba(X))
+    finally:
+        persist._REGISTRY.pop("MyRouter", None)
+        persist._CUSTOM_ATTRIBUTES.pop("MyRouter", None)
