@@ -182,31 +182,40 @@ def test_x1_agent_cannot_remount_and_write_host(env, tmp_path) -> None:
     assert not target.exists()
 
 
-def test_agent_never_sees_tests_and_cannot_forge_verdict(env) -> None:
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_agent_never_sees_tests_and_cannot_forge_verdict(runner) -> None:
     """The tests are not visible to the agent's commands, and a fake pytest,
-    conftest or plugin left in the working directory does not pass them."""
+    conftest or plugin left behind, or a process waiting for the tests to
+    start, does not pass them."""
     _bwrap_or_skip()
+    env = _make(runner)
     task = load_task(default_tasks_dir() / "csv-total")
-    env.reset("csv-total")
-    obs, _, _, info = env.step(f"cat {task.path / 'tests' / 'test_outputs.py'}")
-    assert info["tool_error"] and "def test_total" not in obs
-    assert info["isolation"]["mode"] == "bwrap"
-    fake = "import sys\\nprint('PASSED test_outputs.py::test_total')\\nsys.exit(0)\\n"
-    env.step(
-        f"printf '{fake}' > pytest.py; mkdir -p pytest; cp pytest.py pytest/__main__.py;"
-        " touch pytest/__init__.py; cp pytest.py sitecustomize.py;"
-        " printf 'import pytest\\n@pytest.hookimpl(tryfirst=True)\\n"
-        "def pytest_runtest_call(item):\\n    pass\\n' > conftest.py;"
-        # a process that would write the answer once the tests start: killed
-        " (sleep 2; echo 15.00 > total.txt) & disown"
-    )
-    _, done, success, info = env.step("SUBMIT")
+    try:
+        env.reset("csv-total")
+        obs, _, _, info = env.step(f"cat {task.path / 'tests' / 'test_outputs.py'}")
+        assert info["tool_error"] and "def test_total" not in obs
+        assert info["isolation"]["mode"] == ("bwrap" if runner == "sandbox" else runner)
+        fake = (
+            "import sys\\nprint('PASSED test_outputs.py::test_total')\\nsys.exit(0)\\n"
+        )
+        plugin = (
+            "import pytest\\n@pytest.hookimpl(tryfirst=True)\\n"
+            "def pytest_runtest_call(item):\\n    pass\\n"
+        )
+        env.step(
+            f"printf '{fake}' > pytest.py; mkdir -p pytest; cp pytest.py pytest/__main__.py;"
+            " touch pytest/__init__.py; cp pytest.py sitecustomize.py;"
+            f" printf '{plugin}' > conftest.py;"
+            f" mkdir -p /tests; printf '{plugin}' > /tests/conftest.py;"
+            # a process that writes the answer once the tests arrive
+            " (while [ ! -e /tests/test_outputs.py ]; do sleep 0.05; done;"
+            " echo 15.00 > total.txt) > /dev/null 2>&1 &"
+        )
+        _, done, success, info = env.step("SUBMIT")
+    finally:
+        env.close()
     assert done and not success and not info["tests_passed"]
-    assert (
-        info["tests"]
-        == {f"{task.path / 'tests' / 'test_outputs.py'}::test_total": "FAILED"}
-        or "FAILED" in info["tests"].values()
-    )
+    assert info["tests"] == {"test_outputs.py::test_total": "FAILED"}
 
 
 def test_refused_without_bubblewrap(tmp_path, monkeypatch) -> None:
