@@ -200,6 +200,13 @@ async def throughput(url: str, body: dict, clients: int, seconds: float) -> floa
         return done / (time.perf_counter() - t0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def server_overhead(url: str) -> float:
     import httpx
 
@@ -353,7 +360,9 @@ def main() -> None:
                 f"{len(os.sched_getaffinity(0))} CPU cores shared by everything"
             )
             lat_d = latencies(up_url, direct, args.requests)
+            cpu0 = cpu_seconds(procs[1].pid)
             lat_p = latencies(px_url, proxied, args.requests)
+            cpu_p = (cpu_seconds(procs[1].pid) - cpu0) / (args.requests + 20)
             med_d, med_p = statistics.median(lat_d), statistics.median(lat_p)
             p90 = float(np.percentile(lat_p, 90) - np.percentile(lat_d, 90))
             print(
@@ -366,7 +375,8 @@ def main() -> None:
             )
             print(
                 "         proxy's own overhead from /metrics (latency minus upstream "
-                f"wait): mean {server_overhead(px_url) * 1e3:.2f} ms"
+                f"wait): mean {server_overhead(px_url) * 1e3:.2f} ms; proxy CPU time "
+                f"per request {cpu_p * 1e3:.2f} ms (insensitive to other load)"
             )
             rps_d = asyncio.run(throughput(up_url, direct, args.clients, args.seconds))
             rps_p = asyncio.run(throughput(px_url, proxied, args.clients, args.seconds))
