@@ -1182,7 +1182,7 @@ class _Proxy:
         else:
             answer = {**llm_doc, "usage": _add_usage(slm_doc, llm_doc)}
             who = llm_doc.get("model") or self.llm.model
-        headers["x-r2vcal-model"] = header_value(who)
+        headers["x-r2vcal-model"] = header_value(scrub(who))
         headers["x-r2vcal-cost"] = f"{decision.cost:g}"
         message = answer["choices"][0].get("message") or {}
         return _Result(
@@ -1245,7 +1245,9 @@ class _Proxy:
             waited += time.perf_counter() - t
             self._record(decision, action, error)
             decision.fallback = reason if action is not None else error
-        headers["x-r2vcal-model"] = header_value(answer.get("model") or self.llm.model)
+        headers["x-r2vcal-model"] = header_value(
+            scrub(answer.get("model") or self.llm.model)
+        )
         headers["x-r2vcal-cost"] = f"{decision.cost:g}"
         message = answer["choices"][0].get("message") or {}
         return _Result(
