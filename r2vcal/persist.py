@@ -971,6 +971,17 @@ def load_router(path: str | Path) -> Any:
                     f"required fitted attribute is missing (neither in {_JSON} "
                     f"nor in {_NPZ}); expected one of {list(alternatives)}",
                 )
+        classes = attrs.get("classes_", arrays.get("classes_"))
+        if classes is not None and (
+            classes.size != 2 or len({str(c) for c in classes.tolist()}) != 2
+        ):
+            in_json = "classes_" in attrs
+            raise RouterFileError(
+                jpath if in_json else npath,
+                "attributes.classes_" if in_json else "classes_.npy",
+                f"expected the two distinct classes of a binary router; got "
+                f"{classes.tolist()[:5]!r}",
+            )
     _upgrade(cls, raw_params, attrs, set(arrays), jpath)
     params = _decode_params(raw_params, cls, jpath)
     try:

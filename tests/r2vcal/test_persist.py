@@ -466,3 +466,11 @@ def test_custom_class_with_and_without_allowlist(tmp_path, data):
     finally:
         persist._REGISTRY.pop("MyRouter", None)
         persist._CUSTOM_ATTRIBUTES.pop("MyRouter", None)
+
+
+@pytest.mark.parametrize("classes", [[0, 1, 2], [1], [1, 1]])
+def test_classes_must_be_two_distinct_labels(saved, classes):
+    members = _members(saved)
+    members["classes_.npy"] = _npy(np.array(classes))
+    _write_npz(saved, members)
+    _refused(saved, "arrays.npz", "classes_.npy")
