@@ -46,6 +46,9 @@ class OpenAIServerConfig:
         Tokens generated when a request does not say.
     seed : int, default=0
         Sampling seed when a request does not give one.
+    max_n : int, default=64
+        Largest ``n`` accepted; 1 behaves like llama.cpp's server (``n > 1`` is
+        a 400), to try ``r2vcal serve`` against such servers.
     """
 
     model: str
@@ -54,6 +57,7 @@ class OpenAIServerConfig:
     served_model_name: str | None = None
     max_tokens: int = 16
     seed: int = 0
+    max_n: int = 64
 
 
 def _render_prompt(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> str:
@@ -171,6 +175,7 @@ def create_app(
     served_model_name: str = "tiny",
     max_tokens: int = 16,
     seed: int = 0,
+    max_n: int = 64,
 ) -> Any:
     """The server as a FastAPI app.
 
@@ -183,6 +188,8 @@ def create_app(
     served_model_name : str, default="tiny"
     max_tokens : int, default=16
     seed : int, default=0
+    max_n : int, default=64
+        Largest ``n`` accepted (1: like llama.cpp's server).
 
     Returns
     -------
@@ -224,8 +231,8 @@ def create_app(
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return error("'messages' must be a list.", "messages")
         n = 1 if body.get("n") is None else body["n"]
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
-            return error("'n' must be an int in [1, 64].", "n")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_n:
+            return error(f"'n' must be an int in [1, {max_n}]; got {n!r}.", "n")
         choices, n_prompt = await run_in_threadpool(gen, body)
         want_lp = bool(body.get("logprobs"))
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
@@ -316,6 +323,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-n", type=int, default=64, help="largest n (1: llama.cpp)")
     return p
 
 
@@ -328,6 +336,7 @@ def main(cfg: OpenAIServerConfig) -> None:
         served_model_name=cfg.served_model_name or cfg.model,
         max_tokens=cfg.max_tokens,
         seed=cfg.seed,
+        max_n=cfg.max_n,
     )
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
 

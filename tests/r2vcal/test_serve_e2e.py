@@ -216,3 +216,42 @@ def test_openai_client_sees_openai_errors(proxy):
             model="r2vcal", messages=[{"role": "user", "content": "hi"}], n=2
         )
     assert [m.id for m in client.models.list()] == ["r2vcal"]
+
+
+def test_an_n1_upstream_is_detected_and_served(router_dir):
+    """llama.cpp-like: n > 1 refused; the proxy asks k times with n=1."""
+    from pipelines.models import build_tiny_causal_lm
+    from pipelines.openai_server import create_app as upstream_app
+    from r2vcal import load_router
+    from r2vcal.serve import Upstream, check_upstreams, create_app
+
+    small = build_tiny_causal_lm(CORPUS, seed=0)
+    with run_in_thread(upstream_app(*small, served_model_name="n1", max_n=1)) as up:
+        base = up.url + "/v1"
+        app = create_app(
+            load_router(router_dir),
+            slm=Upstream(base, "n1", timeout=20),
+            llm=Upstream(base, "n1", timeout=20),
+            k=K,
+            threshold=0.5,
+        )
+        verdict = check_upstreams(app)
+        assert verdict.startswith("SLM n1: OK (n = 1 only: k parallel requests, log")
+        with run_in_thread(app) as proxy:
+            r = httpx.post(
+                proxy.url + "/v1/chat/completions",
+                json={
+                    "model": "r2vcal",
+                    "messages": [{"role": "user", "content": "go"}],
+                    "max_tokens": 4,
+                    "seed": 3,
+                },
+                timeout=60,
+            )
+    assert r.status_code == 200, r.text
+    assert r.headers["x-r2vcal-model"] == "n1" and "x-r2vcal-fallback" not in r.headers
+    d = app.state.cascade.decisions_[-1]
+    assert len(d.candidates) == K and d.features["entropy_mean"] > 0
+    assert r.json()["usage"]["completion_tokens"] == sum(
+        len(lp) for lp in d.token_logprobs
+    )
