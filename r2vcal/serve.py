@@ -653,6 +653,16 @@ def _add_usage(*docs: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
+def _merge_answers(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One answer with the choices of several, re-indexed, usage summed."""
+    if len(docs) == 1:
+        return docs[0]
+    choices = [
+        dict(c, index=i) for i, c in enumerate(c for d in docs for c in d["choices"])
+    ]
+    return {**docs[0], "choices": choices, "usage": _add_usage(*docs)}
+
+
 def _retry_count(headers: Mapping[str, str]) -> int | None:
     raw = headers.get("x-stainless-retry-count")
     try:
@@ -881,26 +891,64 @@ class _Proxy:
         return out
 
     async def _candidates(self, payload: dict[str, Any], k: int) -> dict[str, Any]:
-        """The SLM's ``k`` candidates: one ``n=k`` request, or ``k`` in parallel."""
+        """The SLM's ``k`` candidates: one ``n=k`` request, or ``k`` in parallel.
+
+        A server that refuses ``n > 1`` (while an ``n=1`` request of the same
+        step works) or answers it with fewer choices is switched to parallel
+        ``n=1`` requests for good, with a warning in the server log.
+        """
         cost = self.cascade.cost_slm
         self.metrics.inc("r2vcal_cost_total", cost, actor="slm", model=self.slm.model)
-        if self.slm.supports_n or k == 1:
-            return await self._call(self.slm, {**payload, "n": k}, "slm")
+        if k == 1:
+            return await self._call(self.slm, {**payload, "n": 1}, "slm")
+        if not self.slm.supports_n:
+            return _merge_answers(await self._parallel(payload, k, 0))
+        try:
+            doc = await self._call(self.slm, {**payload, "n": k}, "slm")
+        except _UpstreamError as exc:
+            if not exc.client_fault:
+                raise
+            try:  # the client's fault, or only n > 1's?
+                first = await self._parallel(payload, 1, 0)
+            except _UpstreamError:
+                raise exc from None
+            self._no_n(f"refused n={k} ({exc.message})")
+            return _merge_answers(first + await self._parallel(payload, k - 1, 1))
+        have = len(doc["choices"])
+        if have >= k:
+            return doc
+        self._no_n(f"answered n={k} with {have} choice(s)")
+        return _merge_answers([doc, *await self._parallel(payload, k - have, have)])
+
+    def _no_n(self, why: str) -> None:
+        import dataclasses
+
+        if self.slm.supports_n:
+            _LOG.warning(
+                "the SLM %s: asking for the candidates with parallel n=1 requests",
+                why,
+            )
+            self.slm = dataclasses.replace(self.slm, supports_n=False)
+
+    async def _parallel(
+        self, payload: dict[str, Any], count: int, offset: int
+    ) -> list[dict[str, Any]]:
+        """``count`` ``n=1`` answers (seeds ``seed + offset + i`` when seeded)."""
         one = {key: v for key, v in payload.items() if key != "n"}
         seed = one.get("seed")
         tasks = [
             self._call(
-                self.slm, {**one, "seed": seed + i} if seed is not None else one, "slm"
+                self.slm,
+                one if seed is None else {**one, "seed": seed + offset + i},
+                "slm",
             )
-            for i in range(k)
+            for i in range(count)
         ]
         results = await asyncio.gather(*tasks, return_exceptions=True)
         docs = [r for r in results if isinstance(r, dict)]
         if not docs:
-            err = next(r for r in results if isinstance(r, BaseException))
-            raise err
-        choices = [dict(d["choices"][0], index=i) for i, d in enumerate(docs)]
-        return {**docs[0], "choices": choices, "usage": _add_usage(*docs)}
+            raise next(r for r in results if isinstance(r, BaseException))
+        return docs
 
     async def _llm(self, payload: dict[str, Any]) -> dict[str, Any]:
         self.metrics.inc(

@@ -512,3 +512,41 @@ def test_batched_logprobs_match_the_per_choice_ones():
             if ent_w is not None:
                 np.testing.assert_allclose(ent_g, ent_w)
         assert (got[3][1] is None) is bad and got[1][1] is None
+
+
+@pytest.mark.parametrize("server", ["refuses", "ignores"])
+def test_an_slm_without_n_is_detected_at_runtime(router, ups, server):
+    """Without the startup check: llama.cpp's 400, or one choice for n=k."""
+    slm, llm = ups
+
+    def n1(body):
+        n = body.get("n") or 1
+        if n > 1 and server == "refuses":
+            return 400, {"error": {"message": "only one completion choice allowed"}}
+        return 200, ok_answer("slm", {**body, "n": 1}, text=f"try {len(slm.bodies)}")
+
+    slm.handler = n1
+    app, server_ = _proxy(router, ups)
+    with server_:
+        r1 = _post(server_.url, _messages())
+        r2 = _post(server_.url, _messages(task="t2"))
+    assert r1.status_code == r2.status_code == 200 and llm.calls == 0
+    assert app.state.proxy.slm.supports_n is False
+    n_first = [b.get("n") for b in slm.bodies]
+    # first step: the n=K request, then n=1 requests up to K candidates;
+    # second step: K n=1 requests only
+    extra = K if server == "refuses" else K - 1
+    assert n_first[0] == K and len(n_first) == 1 + extra + K
+    assert all(n is None for n in n_first[1:])
+    for d in app.state.cascade.decisions_:
+        assert len(set(d.candidates)) == K
+
+
+def test_a_client_fault_is_not_mistaken_for_missing_n(router, ups):
+    slm, llm = ups
+    slm.handler = lambda body: (400, {"error": {"message": "context too long"}})
+    app, server = _proxy(router, ups)
+    with server:
+        r = _post(server.url, _messages())
+    assert r.status_code == 400 and "context too long" in r.json()["error"]["message"]
+    assert app.state.proxy.slm.supports_n is True and slm.calls == 2 and llm.calls == 0
