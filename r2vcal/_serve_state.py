@@ -266,7 +266,11 @@ class ConversationTracker:
                 return self._pick(ids, h)
         # 2. the newest of our answers in a trimmed history, the conversation
         #    whose recent answers agree with the history's
-        mine = [message_key(m) for m in messages if m.get("role") == "assistant"]
+        mine = [
+            _chain(b"", message_key(m))
+            for m in messages
+            if m.get("role") == "assistant"
+        ]
         for key in reversed(mine):
             ids = self._by_answer.get(key)
             if ids:
@@ -345,8 +349,9 @@ class ConversationTracker:
         """Remember the answer a conversation's last step returned."""
         if self.convs.get(conv.id) is not conv or conv.last_request is None:
             return  # dropped meanwhile
-        key = message_key({**message, "role": "assistant"})
-        prefix = _chain(conv.last_request, key)
+        full = message_key({**message, "role": "assistant"})
+        prefix = _chain(conv.last_request, full)
+        key = _chain(b"", full)
         if len(conv.prefixes) >= self.max_turns:
             _unlist(self._by_prefix, conv.prefixes.popleft(), conv.id)
             _unlist(self._by_answer, conv.answers.popleft(), conv.id)
@@ -362,6 +367,34 @@ class ConversationTracker:
                 self._by_call.setdefault(c["id"], []).append(conv.id)
         conv.tip = prefix
         conv.cached = cached
+
+    def restore(
+        self,
+        cid: str,
+        *,
+        explicit: bool,
+        turns: int,
+        last_request: bytes | None,
+        prefixes: Sequence[bytes],
+        answers: Sequence[bytes],
+        call_ids: Sequence[str],
+    ) -> Conversation:
+        """Re-create a conversation saved by :class:`StateStore` (oldest first)."""
+        conv = self._new(cid, explicit)
+        conv.turns, conv.last_request = turns, last_request
+        conv.last_seen = time.monotonic()
+        for index, keys, values in (
+            (self._by_prefix, conv.prefixes, prefixes[-self.max_turns :]),
+            (self._by_answer, conv.answers, answers[-self.max_turns :]),
+            (self._by_call, conv.call_ids, call_ids[-self.max_turns :]),
+        ):
+            for v in values:
+                keys.append(v)  # type: ignore[arg-type]
+                index.setdefault(v, []).append(cid)  # type: ignore[arg-type]
+        conv.tip = conv.prefixes[-1] if conv.prefixes else None
+        if last_request is not None:
+            self._by_request[last_request] = cid
+        return conv
 
     def _forget_answers(self, conv: Conversation) -> None:
         for index, keys in (
@@ -480,3 +513,92 @@ class ParquetLog:
                 self.parts.rmdir()
             except OSError:
                 pass
+
+
+# --------------------------------------------------------------------------- #
+# Persistent state: budgets and identities survive a restart
+# --------------------------------------------------------------------------- #
+class StateStore:
+    """Conversations saved in SQLite, so a restarted proxy keeps their budgets.
+
+    One row per conversation: its identity state (history prefixes, answer
+    keys, tool-call ids) and its budget state (LLM calls used, step index).
+    Written after every step (WAL journal; a crash loses at most the step in
+    flight), read back at start-up, deleted when the conversation is dropped.
+    The verifier trend of the last steps is not kept.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import sqlite3
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(str(path), check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS conversations (id TEXT PRIMARY KEY, "
+            "explicit INTEGER, turns INTEGER, last_request BLOB, prefixes BLOB, "
+            "answers BLOB, call_ids TEXT, used INTEGER, step INTEGER, seen REAL)"
+        )
+        self.db.commit()
+        self.lock = threading.Lock()
+
+    def save(self, conv: Conversation, used: int, step: int) -> None:
+        row = (
+            conv.id,
+            int(conv.explicit),
+            conv.turns,
+            conv.last_request,
+            b"".join(conv.prefixes),
+            b"".join(conv.answers),
+            "\n".join(conv.call_ids),
+            used,
+            step,
+            time.time(),
+        )
+        with self.lock:
+            self.db.execute(
+                "INSERT OR REPLACE INTO conversations VALUES (?,?,?,?,?,?,?,?,?,?)",
+                row,
+            )
+            self.db.commit()
+
+    def delete(self, cid: str) -> None:
+        with self.lock:
+            self.db.execute("DELETE FROM conversations WHERE id = ?", (cid,))
+            self.db.commit()
+
+    def load(self, limit: int) -> list[dict[str, Any]]:
+        """The ``limit`` most recently seen conversations, oldest first."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT id, explicit, turns, last_request, prefixes, answers, "
+                "call_ids, used, step FROM conversations ORDER BY seen DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        out = []
+        for cid, explicit, turns, last, prefixes, answers, calls, used, step in rows:
+            out.append(
+                {
+                    "cid": cid,
+                    "explicit": bool(explicit),
+                    "turns": int(turns),
+                    "last_request": last,
+                    "prefixes": _split(prefixes),
+                    "answers": _split(answers),
+                    "call_ids": [c for c in (calls or "").split("\n") if c],
+                    "used": int(used),
+                    "step": int(step),
+                }
+            )
+        return out[::-1]
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+
+def _split(blob: bytes | None, size: int = 12) -> list[bytes]:
+    blob = blob or b""
+    return [blob[i : i + size] for i in range(0, len(blob), size)]

@@ -115,7 +115,12 @@ from r2vcal._serve_request import (
     scrub,
     validate_chat,
 )
-from r2vcal._serve_state import ConversationTracker, ParquetLog, explicit_id
+from r2vcal._serve_state import (
+    ConversationTracker,
+    ParquetLog,
+    StateStore,
+    explicit_id,
+)
 from r2vcal.cascade import BudgetRule, Decision, StepCascade
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -793,11 +798,35 @@ class _Proxy:
         }
         self._health: tuple[float, dict[str, Any]] | None = None
         self.responses_store: OrderedDict[str, Any] = OrderedDict()
+        self.store: StateStore | None = None
         self._feature_names = list(cascade.featurizer.get_feature_names_out())
 
     # -------------------------------------------------------------- state
     def _evict(self, conv_id: str) -> None:
         self.cascade.end_episode(conv_id)
+        if self.store is not None:
+            self.store.delete(conv_id)
+
+    def _save(self, conv: Any) -> None:
+        live = self.convs.convs.get(conv.id)
+        if self.store is None or live is None or live is not conv:
+            return
+        ep = self.cascade._episodes.get(live.id)
+        self.store.save(
+            live, 0 if ep is None else ep.used, 0 if ep is None else ep.step
+        )
+
+    def _restore(self) -> int:
+        """Conversations of an earlier run (``state_path``); how many."""
+        if self.store is None:
+            return 0
+        rows = self.store.load(self.convs.max_conversations)
+        for row in rows:
+            used, step = row.pop("used"), row.pop("step")
+            self.convs.restore(**row)
+            ep = self._episode(row["cid"])
+            ep.used, ep.step = used, step
+        return len(rows)
 
     def _episode(self, conv_id: str) -> Any:
         # StepCascade has no public way to charge a call made outside decide()
@@ -1103,6 +1132,8 @@ class _Proxy:
             conv.pending = None
             ok = res is not None and res.status == 200
             fut.set_result(res if ok else None)
+            if not ok:
+                self._save(conv)
         if res is None:  # the client left: nobody reads an answer
             from fastapi.responses import Response
 
@@ -1112,6 +1143,7 @@ class _Proxy:
             if kind == "responses":  # kept for previous_response_id
                 res.extra["messages"] = messages
             self.convs.answered(conv, res.extra["message"], res)
+            self._save(conv)
         return self._respond(res, reply, t0, res.extra.get("waited", 0.0))
 
     async def _step(
@@ -1430,6 +1462,7 @@ def create_app(
     retry_window: float = 30.0,
     api_key: str | Iterable[str] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    state_path: str | Path | None = None,
 ) -> FastAPI:
     """Build the proxy as a FastAPI app (serve it with uvicorn).
 
@@ -1487,6 +1520,9 @@ def create_app(
         request (:func:`run_server` warns when that is off loopback).
     max_body_bytes : int, default=32 MiB
         Larger request bodies get 413.
+    state_path : str or Path, default=None
+        A SQLite file that keeps the conversations (identity, LLM calls used,
+        step index) across restarts; None keeps them in memory only.
 
     Returns
     -------
@@ -1586,6 +1622,12 @@ def create_app(
         max_body_bytes=max_body_bytes,
     )
 
+    if state_path is not None:
+        proxy.store = StateStore(Path(state_path))
+        restored = proxy._restore()
+        if restored:
+            _LOG.info("restored %d conversations from %s", restored, state_path)
+
     @asynccontextmanager
     async def lifespan(app: Any) -> Any:
         proxy.client = aiohttp.ClientSession(
@@ -1598,6 +1640,8 @@ def create_app(
             await proxy.client.close()
             if plog is not None:
                 plog.close()
+            if proxy.store is not None:
+                proxy.store.close()
 
     app = fastapi.FastAPI(
         title="r2vcal serve",

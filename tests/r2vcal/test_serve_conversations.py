@@ -291,3 +291,48 @@ def test_tracker_memory_stays_flat_under_the_cap():
     assert len(tracker) == 1000 and len(evicted) == 19_000
     assert len(tracker._by_answer) <= 1000 * 4
     assert len(tracker._by_request) <= 1000
+
+
+def test_a_restart_keeps_conversations_and_budgets(router, ups, tmp_path):
+    _, llm = ups
+    state = tmp_path / "state.sqlite"
+    agent = Agent("restart me")
+    explicit = {**FIRST, CONVERSATION_HEADER: "named"}
+    _, server = _proxy(router, ups, budget=1, state_path=state)
+    with server:
+        agent.step(server.url)
+        agent.step(server.url)  # tool error: the one LLM call of the budget
+        _post(server.url, Agent("x").history, headers=explicit)
+    assert agent.column("x-r2vcal-escalated") == ["false", "true"]
+    # a new process on the same state: the conversation goes on, budget spent
+    app, server = _proxy(router, ups, budget=1, state_path=state)
+    assert len(app.state.proxy.convs) == 2
+    with server:
+        agent.step(server.url)
+        again = _post(
+            server.url,
+            [*Agent("x").history, {"role": "assistant", "content": "slm: look"}],
+            headers=explicit,
+        )
+    assert agent.column("x-r2vcal-step") == ["0", "1", "2"]
+    assert agent.seen[2]["x-r2vcal-threshold"] == "inf"
+    assert len(set(agent.column("x-r2vcal-conversation"))) == 1
+    assert (again.headers["x-r2vcal-conversation"], again.headers["x-r2vcal-step"]) == (
+        "named",
+        "1",
+    )
+    assert llm.calls == 1
+
+
+def test_state_store_drops_evicted_conversations(router, ups, tmp_path):
+    import sqlite3
+
+    state = tmp_path / "state.sqlite"
+    _, server = _proxy(router, ups, state_path=state, max_conversations=2)
+    with server:
+        for i in range(5):
+            Agent(f"task {i}").step(server.url)
+    (n,) = (
+        sqlite3.connect(state).execute("SELECT COUNT(*) FROM conversations").fetchone()
+    )
+    assert n == 2
