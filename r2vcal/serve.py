@@ -1137,6 +1137,7 @@ class _Proxy:
         if res is None:  # the client left: nobody reads an answer
             from fastapi.responses import Response
 
+            self.metrics.inc("r2vcal_requests_total", status="499")
             return Response(status_code=499)
         res.kind = kind
         if res.status == 200:
