@@ -15,7 +15,12 @@ import numpy as np
 import pandas as pd
 from sklearn.utils import Bunch
 
-__all__ = ["get_data_home", "load_mmlu_pro_cascade", "load_textworld_tiny"]
+__all__ = [
+    "get_data_home",
+    "load_mmlu_pro_agreement",
+    "load_mmlu_pro_cascade",
+    "load_textworld_tiny",
+]
 
 _MMLU_DIR = "mmlu_pro_cascade"
 _MMLU_FILE = "mmlu_pro_cascade.parquet"
@@ -137,6 +142,79 @@ def load_mmlu_pro_cascade(
         slm="slm_correct",
         llm="llm_correct",
         descr=descr,
+        as_frame=as_frame,
+        return_X_y=return_X_y,
+        return_groups=return_groups,
+    )
+
+
+_AGREE_DIR = "mmlu_pro_agreement"
+_AGREE_FILE = "mmlu_pro_agreement.parquet"
+_AGREE_FEATURES = [
+    "top_share",
+    "margin",
+    "answer_entropy",
+    "n_distinct",
+    "none_share",
+    "lead_agrees",
+    "all_agree",
+]
+
+
+def load_mmlu_pro_agreement(
+    *,
+    as_frame: bool = False,
+    return_X_y: bool = False,
+    return_groups: bool = False,
+    data_home: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Load the MMLU-Pro agreement cascade (12,032 questions, K = 8, 14 groups).
+
+    Eight small open models (7-9B) answer each question: their answers are the
+    K = 8 candidates, the plurality vote is the small side's answer, and
+    Llama-3.1-70B-Instruct is the teacher. Seven agreement features (top-answer
+    share, margin, answer entropy, ...) take only 109 distinct values: a
+    tie-heavy table, the shape of real self-consistency cascades. Target
+    ``y = 1`` when the vote is wrong and the teacher right; groups = the 14
+    subject categories. See ``DATASHEET.md`` (also in ``DESCR``).
+
+    Parameters
+    ----------
+    as_frame, return_X_y, return_groups, data_home
+        As in :func:`load_mmlu_pro_cascade`.
+
+    Returns
+    -------
+    data : Bunch
+        As in :func:`load_mmlu_pro_cascade`, with 7 features.
+
+    Examples
+    --------
+    >>> from r2vcal.datasets import load_mmlu_pro_agreement
+    >>> ds = load_mmlu_pro_agreement()
+    >>> ds.data.shape, len(set(ds.groups))
+    ((12032, 7), 14)
+    """
+    _check_flags("load_mmlu_pro_agreement", as_frame, return_X_y, return_groups)
+    folder = get_data_home(data_home) / _AGREE_DIR
+    path = folder / _AGREE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The mmlu_pro_agreement table was not found at {path}. Set "
+            "R2VCAL_DATA (or data_home) to the folder holding "
+            "'mmlu_pro_agreement/', or rebuild it with "
+            "'python datasets/mmlu_pro_agreement/build.py'."
+        )
+    frame = pd.read_parquet(path)
+    sheet = folder / "DATASHEET.md"
+    return _bunch(
+        frame,
+        list(_AGREE_FEATURES),
+        target="y",
+        group="category",
+        slm="slm_correct",
+        llm="llm_correct",
+        descr=sheet.read_text(encoding="utf-8") if sheet.is_file() else "",
         as_frame=as_frame,
         return_X_y=return_X_y,
         return_groups=return_groups,

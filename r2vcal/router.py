@@ -45,7 +45,15 @@ from sklearn.utils.validation import (
 from r2vcal._objective import exact_cvar, group_brier, smoothed_cvar
 from r2vcal.persist import register_persistable
 
-__all__ = ["PAPER_HIDDEN_LAYER_SIZES", "CVaRBrierRouter", "NoGroupsWarning"]
+__all__ = [
+    "ALPHA_GRID",
+    "PAPER_HIDDEN_LAYER_SIZES",
+    "CVaRBrierRouter",
+    "NoGroupsWarning",
+]
+
+#: L2 penalties tried by ``alpha="auto"`` (linear backend).
+ALPHA_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
 
 #: Two hidden layers of 96 units: about 10.9k parameters on 15 features, the
 #: size of the router in the R2V paper.
@@ -116,8 +124,13 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         the linear backend bisects on the multiplier for the smallest one whose
         solution meets the bound (so it ends at the bound, not far inside it);
         the MLP backend uses dual ascent.
-    alpha : float, default=1e-4
+    alpha : float or "auto", default="auto"
         L2 penalty on the weights (not the intercepts), on standardised features.
+        ``"auto"`` (linear backend) picks it from :data:`ALPHA_GRID` by the
+        cross-fitted objective on the same folds as the calibrator: small
+        tables (a few hundred steps, a dozen positives) need far more
+        shrinkage than large ones. The MLP backend reads ``"auto"`` as
+        ``1e-4``. The value used is ``alpha_``.
     calibration : {"temperature", "isotonic"} or None, default="temperature"
         Post-hoc calibrator, fitted on cross-fitted scores: the rows are split in
         ``calibration_cv`` folds at random, stratified by group and label, and
@@ -175,6 +188,10 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         Linear backend: intercept.
     coefs_, intercepts_ : list of ndarray
         MLP backend: layer weights and biases (numpy, original feature scale).
+    alpha_ : float
+        The L2 penalty used (``alpha``, or the one ``"auto"`` chose).
+    alpha_objective_ : ndarray of shape (len(ALPHA_GRID),)
+        With ``alpha="auto"``: the cross-fitted objective of each grid value.
     calibration_ : {"temperature", "isotonic"} or None
         The calibrator in use: ``calibration``, or ``None`` when it was skipped
         (too few rows) or did not lower the held-out objective.
@@ -237,7 +254,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         "cvar_weight": [Interval(Real, 0, None, closed="left")],
         "cvar_tail": [Interval(Real, 0, 1, closed="right")],
         "cvar_bound": [Interval(Real, 0, None, closed="left"), None],
-        "alpha": [Interval(Real, 0, None, closed="left")],
+        "alpha": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
         "calibration": [StrOptions({"temperature", "isotonic"}), None],
         "calibration_cv": [Interval(Integral, 2, None, closed="left")],
         "cost_slm": [Interval(Real, 0, None, closed="left")],
@@ -264,7 +281,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         cvar_weight: float = 1.0,
         cvar_tail: float = 0.2,
         cvar_bound: float | None = None,
-        alpha: float = 1e-4,
+        alpha: float | str = "auto",
         calibration: str | None = "temperature",
         calibration_cv: int = 5,
         cost_slm: float = 1.0,
@@ -424,17 +441,30 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
             else self.random_state.randint(2**31 - 1)
         )
         n_groups = self.group_labels_.shape[0]
-        folds = self._calibration_folds(y01, sw, gidx, rng)
+        auto = self.alpha == "auto" and not hidden
+        self.dual_weight_ = float(self.cvar_weight)  # the objective's weight until fit
+        folds = self._calibration_folds(y01, sw, gidx, rng, auto)
         fold_seeds = rng.randint(0, 2**31 - 1, size=int(self.calibration_cv))
+        grid = ALPHA_GRID if auto and folds is not None else (self._fixed_alpha(),)
+        z_oof, objectives = None, []
+        for a in grid:
+            if folds is None:
+                break
+            z = self._out_of_fold_scores(
+                X, y01, sw, gidx, n_groups, hidden, folds, fold_seeds, a
+            )
+            objectives.append(self._objective(expit(z), y01, sw, gidx, n_groups))
+            if objectives[-1] <= min(objectives):
+                z_oof, self.alpha_ = z, float(a)
+        if folds is None:
+            self.alpha_ = float(grid[0])
+        self.alpha_objective_ = np.asarray(objectives if auto else [], dtype=float)
         self._fit_scorer(X, y01, sw, gidx, n_groups, hidden, rng)
 
         self.calibration_: str | None = None
         self.temperature_ = 1.0
         self.calibration_objective_ = np.full(2, np.nan)
-        if folds is not None:
-            z_oof = self._out_of_fold_scores(
-                X, y01, sw, gidx, n_groups, hidden, folds, fold_seeds
-            )
+        if z_oof is not None and folds is not None and self.calibration is not None:
             self._choose_calibrator(z_oof, y01, sw, gidx, n_groups, folds)
 
         self.threshold_ = cost_threshold(self)
@@ -442,6 +472,9 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         self.group_losses_, _ = group_brier(p, y01, sw, gidx, n_groups)
         self.cvar_ = exact_cvar(self.group_losses_, self.cvar_tail)
         return self
+
+    def _fixed_alpha(self) -> float:
+        return 1e-4 if self.alpha == "auto" else float(self.alpha)
 
     def _fit_scorer(
         self,
@@ -470,6 +503,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         sw: NDArray[np.float64],
         gidx: NDArray[np.intp],
         rng: np.random.RandomState,
+        auto_alpha: bool = False,
     ) -> NDArray[np.intp] | None:
         """Fold of each row: random, stratified by (group, label); or ``None``.
 
@@ -480,7 +514,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         their content: copies of one feature vector (all K candidates agree, say)
         spread over the folds with both of their labels.
         """
-        if self.calibration is None:
+        if self.calibration is None and not auto_alpha:
             return None
         k = int(self.calibration_cv)
         pos, neg = sw[y01 == 1].sum(), sw[y01 == 0].sum()
@@ -491,8 +525,15 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
             or min(pos, neg) < _MIN_CLASS_WEIGHT
             or min(n_pos, n_neg) < k
         ):
+            what = (
+                f"calibration={self.calibration!r} skipped"
+                if self.calibration is not None
+                else "alpha='auto' falls back to 1e-4"
+            )
+            if self.calibration is not None and auto_alpha:
+                what += " and alpha='auto' falls back to 1e-4"
             warnings.warn(
-                f"calibration={self.calibration!r} skipped: cross-fitting with "
+                f"{what}: cross-fitting with "
                 f"calibration_cv={k} folds needs total weight >= "
                 f"{_MIN_CALIBRATION_WEIGHT:.0f} and at least {k} rows (weight >= "
                 f"{_MIN_CLASS_WEIGHT:.0f}) of each class; got weight {sw.sum():.1f} "
@@ -529,12 +570,17 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         hidden: tuple[int, ...],
         folds: NDArray[np.intp],
         seeds: NDArray[np.int64],
+        alpha: float,
     ) -> NDArray[np.float64]:
-        """Raw score of each row from a router fitted on the other folds."""
+        """Raw score of each row from a router (L2 ``alpha``) fitted on the
+        other folds. In constrained mode the fold routers use the penalised form
+        with ``cvar_weight``: a bisection per fold would cost 20 solves each."""
         z = np.empty(X.shape[0])
         for f, seed in enumerate(seeds):
             test = folds == f
-            sub = clone(self).set_params(verbose=0)
+            # the penalised form (cvar_weight), not the bound: one solve per fold
+            sub = clone(self).set_params(verbose=0, alpha=alpha, cvar_bound=None)
+            sub.alpha_ = float(alpha)
             train = ~test
             sub._fit_scorer(
                 X[train],
@@ -618,7 +664,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         d = data.X.shape[1]
         mean, scale = data.mean, data.scale
         tail = float(self.cvar_tail)
-        alpha = float(self.alpha)
+        alpha = float(self.alpha_)
         sharp = float(self.cvar_sharpness)
 
         def fun(theta: NDArray[np.float64], lam: float) -> tuple[float, Any]:
@@ -776,7 +822,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
             cvar_weight=float(self.cvar_weight),
             cvar_tail=float(self.cvar_tail),
             cvar_bound=None if self.cvar_bound is None else float(self.cvar_bound),
-            alpha=float(self.alpha),
+            alpha=float(self.alpha_),
             n_epochs=int(self.n_epochs),
             batch_size=int(self.batch_size),
             learning_rate=float(self.learning_rate),

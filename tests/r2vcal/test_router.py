@@ -101,12 +101,12 @@ def test_objective_is_minimised_against_perturbations():
     data = _TrainData(X, y.astype(float), np.ones(len(y)), gidx, 10, mean, scale)
     v = r.coef_[0] * scale
     theta = np.append(v, r.intercept_[0] + mean @ r.coef_[0])
-    base = linear_objective(theta, data, 2.0, r.cvar_tail, r.alpha, None)[0]
+    base = linear_objective(theta, data, 2.0, r.cvar_tail, r.alpha_, None)[0]
     assert base == pytest.approx(r.objective_, rel=1e-9)
     rng = np.random.default_rng(0)
     for _ in range(20):
         pert = theta + rng.normal(scale=0.05, size=theta.shape)
-        assert linear_objective(pert, data, 2.0, r.cvar_tail, r.alpha, None)[0] >= (
+        assert linear_objective(pert, data, 2.0, r.cvar_tail, r.alpha_, None)[0] >= (
             base - 1e-4
         )
 
