@@ -13,8 +13,10 @@ Every policy has ``propose(context, k) -> list[Candidate]``:
 * :class:`ExpertPolicy` — the environment's expert (TextWorld plan, HumanEval+
   canonical solution, terminal ``solution.sh``), optionally degraded by noise.
 
-Entropies from servers that only return the top-``n`` log-probs are those of
-the renormalised top-``n`` distribution (a lower bound on the true entropy).
+Token entropies are computed the same way on every backend, from the top
+:data:`r2vcal.features.ENTROPY_TOP_N` log-probs per token plus the residual
+mass (:func:`r2vcal.features.topn_entropy`): what a server returns, so a router
+trained on local rollouts sees the same features behind ``r2vcal serve``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from r2vcal.features import ENTROPY_TOP_N, topn_entropy
 
 __all__ = [
     "Candidate",
@@ -103,11 +107,11 @@ def _check_k(k: int) -> int:
 
 
 def _topn_entropy(logprobs: list[float]) -> float:
+    """:func:`r2vcal.features.topn_entropy` of one token's top log-probs."""
     lp = np.asarray(logprobs, dtype=float)
     if lp.size == 0:
         return float("nan")
-    lp = lp - np.logaddexp.reduce(lp)
-    return float(-(np.exp(lp) * lp).sum())
+    return float(topn_entropy(lp[None, :])[0])
 
 
 # ---------------------------------------------------------------- transformers
@@ -130,6 +134,11 @@ class TransformersPolicy:
     seed : int, default=0
         Seed for sampling (reset on every call, so calls are reproducible).
     device : str, default="cpu"
+    entropy_top_n : int or None, default=ENTROPY_TOP_N
+        Token entropies from the top-n log-probs plus the residual mass, as
+        OpenAI-compatible servers allow (:func:`r2vcal.features.topn_entropy`);
+        ``None`` uses the full vocabulary (features then differ from a served
+        model's).
     """
 
     def __init__(
@@ -143,6 +152,7 @@ class TransformersPolicy:
         stop: str | None = "\n",
         seed: int = 0,
         device: str = "cpu",
+        entropy_top_n: int | None = ENTROPY_TOP_N,
     ) -> None:
         if isinstance(model, str):
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -163,6 +173,7 @@ class TransformersPolicy:
         self.stop = stop
         self.seed = seed
         self.device = device
+        self.entropy_top_n = entropy_top_n
 
     def propose(self, context: str, k: int = 5) -> list[Candidate]:
         """Sample ``k`` continuations of ``context``.
@@ -212,7 +223,11 @@ class TransformersPolicy:
         seqs = out.sequences[:, prompt_len:]
         logits = torch.stack(out.logits, dim=1).float()  # (k, T, V) raw logits
         logp = torch.log_softmax(logits, dim=-1)
-        ent = -(logp.exp() * logp).sum(-1)  # (k, T)
+        if self.entropy_top_n:
+            top = logp.topk(min(self.entropy_top_n, logp.shape[-1]), dim=-1).values
+            ent = torch.from_numpy(topn_entropy(top.numpy()))  # (k, T)
+        else:
+            ent = -(logp.exp() * logp).sum(-1)  # (k, T), full vocabulary
         chosen = logp.gather(-1, seqs[:, : logp.shape[1]].unsqueeze(-1)).squeeze(-1)
         eos = tok.eos_token_id
         cands = []
@@ -257,8 +272,10 @@ class VLLMPolicy:
     max_new_tokens : int, default=32
     temperature : float, default=1.0
     top_p : float, default=1.0
-    logprobs : int, default=20
-        Top log-probs returned per token (entropy over these).
+    logprobs : int, default=ENTROPY_TOP_N
+        Top log-probs returned per token; token entropies use the top
+        ``logprobs`` of them (vLLM adds the sampled token when it is not among
+        them), as every other backend does.
     stop : list of str, optional
     seed : int, default=0
     **llm_kwargs
@@ -272,7 +289,7 @@ class VLLMPolicy:
         max_new_tokens: int = 32,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        logprobs: int = 20,
+        logprobs: int = ENTROPY_TOP_N,
         stop: list[str] | None = None,
         seed: int = 0,
         **llm_kwargs: Any,
@@ -312,7 +329,8 @@ class VLLMPolicy:
             lps, ents, toks = [], [], []
             for tid, top in zip(comp.token_ids, comp.logprobs or []):
                 lps.append(top[tid].logprob)
-                ents.append(_topn_entropy([v.logprob for v in top.values()]))
+                values = sorted((v.logprob for v in top.values()), reverse=True)
+                ents.append(_topn_entropy(values[: self.logprobs]))
                 toks.append(top[tid].decoded_token or "")
             cands.append(
                 Candidate(
@@ -365,7 +383,7 @@ class OpenAIPolicy:
         mode: str = "chat",
         max_new_tokens: int = 64,
         temperature: float = 1.0,
-        top_logprobs: int = 5,
+        top_logprobs: int = ENTROPY_TOP_N,
         timeout: float = 30.0,
         max_retries: int = 3,
         backoff: float = 0.5,

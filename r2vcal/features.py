@@ -60,12 +60,21 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Integral, Interval
 
 __all__ = [
+    "ENTROPY_TOP_N",
     "FEATURE_INPUTS",
     "FEATURE_NAMES",
     "INPUT_COLUMNS",
     "CandidateFeaturizer",
     "StepBatch",
+    "topn_entropy",
 ]
+
+#: Number of top log-probs per token that token entropies are computed from,
+#: on every backend (local transformers, vLLM, OpenAI-compatible servers,
+#: ``r2vcal serve``). Servers return at most 20 and often 5; a full-vocabulary
+#: entropy on one backend and a top-5 one on another would give the router
+#: different features for the same model (5.69 vs 1.57 nats on one tiny model).
+ENTROPY_TOP_N = 5
 
 #: The default named feature set, in output order.
 FEATURE_NAMES: tuple[str, ...] = (
@@ -623,6 +632,36 @@ def _raise_bad_tokens(
         f"The '{name}' field must contain {what}. Got values whose sum over a "
         "candidate overflows instead."
     )
+
+
+def topn_entropy(top_logprobs: Any) -> np.ndarray:
+    """Token entropy from the top-n log-probs: the one definition r2vcal uses.
+
+    ``-sum_i p_i log p_i - r log r`` over the top-n probabilities ``p_i`` and
+    the residual mass ``r = 1 - sum_i p_i`` counted as one more outcome: a lower
+    bound of the full-vocabulary entropy that every backend can compute from
+    what an OpenAI-compatible server returns (``top_logprobs``), so training
+    (local models) and serving (servers) give the same features. Use
+    :data:`ENTROPY_TOP_N` log-probs per token.
+
+    Parameters
+    ----------
+    top_logprobs : array-like of shape (..., n)
+        Top-n log-probabilities per token along the last axis (``-inf`` pads).
+
+    Returns
+    -------
+    ndarray of shape (...)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from r2vcal.features import topn_entropy
+    >>> float(topn_entropy(np.log([[0.5, 0.5]]))[0])  # no residual: log 2
+    0.6931471805599453
+    """
+    top = np.asarray(top_logprobs, dtype=np.float64)
+    return np.maximum(_entropy_from_top(np.minimum(top, 0.0)), 0.0)
 
 
 def _entropy_from_top(top: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from pipelines.policies import (
     PolicyError,
     TransformersPolicy,
 )
+from r2vcal.features import ENTROPY_TOP_N, topn_entropy
 
 CORPUS = ["go north", "take the key from the box", "open the door", "look\ngo south"]
 
@@ -64,8 +65,9 @@ def test_transformers_true_logprobs(tiny_lm, temperature) -> None:
         n0 = prompt.shape[1]
         ref = [logp[n0 - 1 + j, t].item() for j, t in enumerate(ids)]
         np.testing.assert_allclose(c.token_logprobs, ref, atol=1e-4)
-        ent = -(logp.exp() * logp).sum(-1)[n0 - 1 : n0 - 1 + len(ids)]
-        np.testing.assert_allclose(c.token_entropies, ent.numpy(), atol=1e-4)
+        rows = logp[n0 - 1 : n0 - 1 + len(ids)]
+        top = rows.topk(ENTROPY_TOP_N, dim=-1).values.numpy()
+        np.testing.assert_allclose(c.token_entropies, topn_entropy(top), atol=1e-4)
     # Reproducible under the seed.
     assert [c.text for c in pol.propose("go", k=4)] == [c.text for c in cands]
 
@@ -163,7 +165,9 @@ def test_openai_chat_candidates(server) -> None:
     cands = pol.propose("where to?", k=3)
     assert [c.text for c in cands] == ["go north 0", "go north 1", "go north 2"]
     np.testing.assert_allclose(cands[0].token_logprobs, [-0.1, -0.5])
-    assert cands[0].token_entropies[0] > 0 and cands[0].token_entropies[1] == 0
+    assert cands[0].token_entropies[0] > 0
+    # no top_logprobs for a token: the entropy of its own log-prob plus residual
+    assert cands[0].token_entropies[1] == pytest.approx(topn_entropy([[-0.5]])[0])
     assert _Handler.seen[0]["n"] == 3 and _Handler.seen[0]["logprobs"] is True
 
 
@@ -235,3 +239,53 @@ def test_vllm_policy_needs_vllm() -> None:
             VLLMPolicy("any")
     else:
         pytest.skip("vllm installed: covered by tests/pipelines/test_vllm_smoke.py")
+
+
+def test_entropy_is_the_same_locally_and_behind_a_server(tiny_lm) -> None:
+    """Issue 12: one model gave entropy_mean 5.69 locally and 1.57 served."""
+    pytest.importorskip("fastapi")
+    from starlette.testclient import TestClient
+
+    from pipelines.openai_server import _render_prompt, create_app
+    from r2vcal.serve import _choice_logprobs
+
+    model, tok = tiny_lm
+    prompt = _render_prompt(tok, [{"role": "user", "content": "go"}])
+    local = TransformersPolicy(
+        model, tok, max_new_tokens=5, temperature=0, stop=None
+    ).propose(prompt, k=1)[0]
+    full = TransformersPolicy(
+        model, tok, max_new_tokens=5, temperature=0, stop=None, entropy_top_n=None
+    ).propose(prompt, k=1)[0]
+    app = create_app(model, tok, served_model_name="tiny", max_tokens=5)
+    with TestClient(app) as client:
+        policy = OpenAIPolicy("tiny", max_new_tokens=5, temperature=0)
+
+        def post(payload):
+            return client.post("/v1/chat/completions", json=payload).json()
+
+        policy._post = post  # the real tiny server, in process
+        served = policy.propose("go", k=1)[0]
+        choice = post(
+            {
+                "messages": [{"role": "user", "content": "go"}],
+                "max_tokens": 5,
+                "temperature": 0,
+                "logprobs": True,
+                "top_logprobs": ENTROPY_TOP_N,
+            }
+        )["choices"][0]
+    n = min(local.token_entropies.size, served.token_entropies.size)
+    assert n >= 1
+    np.testing.assert_allclose(
+        served.token_logprobs[:n], local.token_logprobs[:n], atol=1e-4
+    )
+    np.testing.assert_allclose(
+        served.token_entropies[:n], local.token_entropies[:n], atol=1e-4
+    )
+    _, proxy_entropies = _choice_logprobs(choice)  # what `r2vcal serve` computes
+    np.testing.assert_allclose(
+        proxy_entropies[:n], local.token_entropies[:n], atol=1e-4
+    )
+    # the skew this prevents: a full-vocabulary entropy is far from the served one
+    assert np.abs(full.token_entropies[:n] - served.token_entropies[:n]).max() > 0.05
