@@ -195,8 +195,15 @@ def test_routes_on_the_conversation_and_sets_headers(router, fakes, tmp_path):
     log = tmp_path / "decisions.jsonl"
     app, server = _proxy(router, fakes, log_path=log, budget=1)
     with server:
-        r0 = _post(server.url, _messages(), headers={CONVERSATION_HEADER: "ep"}, user="alice")
-        r1 = _post(server.url, _messages("Traceback: FileNotFoundError"), headers={CONVERSATION_HEADER: "ep"}, user="alice")
+        r0 = _post(
+            server.url, _messages(), headers={CONVERSATION_HEADER: "ep"}, user="alice"
+        )
+        r1 = _post(
+            server.url,
+            _messages("Traceback: FileNotFoundError"),
+            headers={CONVERSATION_HEADER: "ep"},
+            user="alice",
+        )
         r2 = _post(
             server.url,
             [
@@ -204,7 +211,8 @@ def test_routes_on_the_conversation_and_sets_headers(router, fakes, tmp_path):
                 {"role": "assistant", "content": "x"},
                 {"role": "tool", "content": "error"},
             ],
-            headers={CONVERSATION_HEADER: "ep"}, user="alice",
+            headers={CONVERSATION_HEADER: "ep"},
+            user="alice",
         )
     assert [r.status_code for r in (r0, r1, r2)] == [200, 200, 200]
     assert r0.headers["x-r2vcal-escalated"] == "false"
