@@ -223,3 +223,46 @@ def test_smolagents_tool_calling_agent(proxy):
     # messages ("Observation: ..."); the ids in the text tie the steps together
     _check(log)
     assert llm.calls == 2
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_openai_agents_sdk_streamed(proxy, api):
+    agents = pytest.importorskip("agents")
+    import asyncio
+
+    from openai import AsyncOpenAI
+
+    url, log, _, llm = proxy
+    agents.set_tracing_disabled(True)
+    client = AsyncOpenAI(base_url=url, api_key="unused", max_retries=0)
+    model_cls = (
+        agents.OpenAIChatCompletionsModel
+        if api == "chat"
+        else agents.OpenAIResponsesModel
+    )
+    weather = Weather()
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return weather(city)
+
+    agent = agents.Agent(
+        name="weather",
+        instructions="Answer with the weather tool.",
+        tools=[get_weather],
+        model=model_cls(model="r2vcal", openai_client=client),
+    )
+
+    async def run() -> list[str]:
+        out = []
+        for _ in range(2):  # one event loop: the client's connections live in it
+            result = agents.Runner.run_streamed(agent, TASK)
+            async for _event in result.stream_events():
+                pass
+            out.append(str(result.final_output))
+        return out
+
+    assert all("sunny" in text for text in asyncio.run(run()))
+    _check(log)
+    assert llm.calls == 2
