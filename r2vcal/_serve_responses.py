@@ -277,14 +277,16 @@ def response_doc(
     text = msg.get("content")
     if isinstance(text, list):
         text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
-    if text:
+    if text or not msg.get("tool_calls"):  # an empty answer is an empty message
         output.append(
             {
                 "type": "message",
                 "id": "msg_" + rid[5:],
                 "status": "completed",
                 "role": "assistant",
-                "content": [{"type": "output_text", "text": text, "annotations": []}],
+                "content": [
+                    {"type": "output_text", "text": text or "", "annotations": []}
+                ],
             }
         )
     for i, call in enumerate(msg.get("tool_calls") or []):
@@ -395,7 +397,10 @@ def response_events(doc: Mapping[str, Any]) -> list[bytes]:
         events.append(
             {"type": "response.output_item.done", "output_index": i, "item": item}
         )
-    events.append({"type": "response.completed", "response": doc})
+    end = (
+        "response.incomplete" if doc["status"] == "incomplete" else "response.completed"
+    )
+    events.append({"type": end, "response": doc})
     out = []
     for n, e in enumerate(events):
         e["sequence_number"] = n

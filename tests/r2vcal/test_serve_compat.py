@@ -266,3 +266,95 @@ def test_openai_agents_sdk_streamed(proxy, api):
     assert all("sunny" in text for text in asyncio.run(run()))
     _check(log)
     assert llm.calls == 2
+
+
+# --------------------------------------------------------------------------- #
+# The same clients against a tiny real upstream (transformers, 127.0.0.1)
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def real(router):
+    pytest.importorskip("transformers")
+    from pipelines.models import build_tiny_causal_lm
+    from pipelines.openai_server import create_app as upstream_app
+
+    corpus = ["go north", "open the door", "it is sunny"]
+    small = build_tiny_causal_lm(corpus, seed=0)
+    large = build_tiny_causal_lm(corpus, seed=1, hidden_size=96)
+    with (
+        run_in_thread(upstream_app(*small, served_model_name="tiny-slm")) as s,
+        run_in_thread(upstream_app(*large, served_model_name="tiny-llm")) as l_,
+    ):
+        yield s.url + "/v1", l_.url + "/v1"
+
+
+@pytest.fixture
+def real_proxy(router, real, tmp_path):
+    log = tmp_path / "d.jsonl"
+    app = create_app(
+        router,
+        slm=Upstream(real[0], "tiny-slm", timeout=30),
+        llm=Upstream(real[1], "tiny-llm", timeout=30),
+        k=K,
+        threshold=0.5,
+        budget=1,
+        log_path=log,
+    )
+    with run_in_thread(app) as server:
+        yield server.url + "/v1", log
+
+
+def _rows(log):
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_tiny_real_upstream_openai_agents(real_proxy):
+    agents = pytest.importorskip("agents")
+    import asyncio
+
+    from openai import AsyncOpenAI
+
+    url, log = real_proxy
+    agents.set_tracing_disabled(True)
+
+    async def run() -> list[str]:
+        client = AsyncOpenAI(base_url=url, api_key="unused", max_retries=0)
+        # chat completions only: the tiny model always stops at max_tokens, which
+        # the Responses API reports as status "incomplete" (an error to the SDK)
+        agent = agents.Agent(
+            name="a",
+            instructions="Be brief.",
+            model=agents.OpenAIChatCompletionsModel(
+                model="r2vcal", openai_client=client
+            ),
+            model_settings=agents.ModelSettings(max_tokens=6),
+        )
+        return [(await agents.Runner.run(agent, "go")).final_output]
+
+    assert all(isinstance(text, str) for text in asyncio.run(run()))
+    rows = _rows(log)
+    assert len(rows) == 1 and all(len(r["candidates"]) == K for r in rows)
+    assert all(r["entropy_mean"] > 0 for r in rows)
+
+
+def test_tiny_real_upstream_langchain_and_smolagents(real_proxy):
+    url, log = real_proxy
+    n = 0
+    lc_openai = pytest.importorskip("langchain_openai")
+    reply = lc_openai.ChatOpenAI(
+        model="r2vcal", base_url=url, api_key="unused", max_retries=0, max_tokens=6
+    ).invoke("go")
+    assert isinstance(reply.content, str)
+    n += 1
+    smolagents = pytest.importorskip("smolagents")
+    model = smolagents.OpenAIServerModel(
+        model_id="r2vcal",
+        api_base=url,
+        api_key="unused",
+        client_kwargs={"max_retries": 0},
+        max_tokens=6,
+    )
+    msg = model.generate([smolagents.ChatMessage(role="user", content="go")])
+    assert isinstance(msg.content, str)
+    n += 1
+    rows = _rows(log)
+    assert len(rows) == n and all(len(r["candidates"]) == K for r in rows)

@@ -197,3 +197,24 @@ def test_refusals_are_openai_errors(proxy):
     r = httpx.post(url + "/v1/responses", json={"input": [{"type": "image"}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input[0].type"
     assert slm.calls == 0
+
+
+def test_a_truncated_answer_is_incomplete(proxy):
+    client, slm, _, _ = proxy
+
+    def truncated(body):
+        status, doc = 200, ok_answer("slm", body)
+        for c in doc["choices"]:
+            c["finish_reason"] = "length"
+        return status, doc
+
+    slm.handler = truncated
+    resp = client.responses.create(model="r2vcal", input="hi", max_output_tokens=2)
+    assert resp.status == "incomplete"
+    assert resp.incomplete_details.reason == "max_output_tokens"
+    events = list(
+        client.responses.create(
+            model="r2vcal", input="hello", max_output_tokens=2, stream=True
+        )
+    )
+    assert events[-1].type == "response.incomplete"
