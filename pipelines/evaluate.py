@@ -162,11 +162,19 @@ class ClosedLoop:
         self.horizon = int(self.env.max_steps)
         self._alone: dict[tuple[Any, ...], bool] = {}
         self._teacher_now: str | None = None
+        self._cmds_now: list[str] = []
+
+    def _decide(self, prompt: str, commands: list[str] | None = None) -> Any:
+        """``agent.decide`` (with the current state's commands when it needs them)."""
+        if getattr(self.agent, "needs_commands", False):
+            cmds = self._cmds_now if commands is None else commands
+            return self.agent.decide(prompt, cmds)
+        return self.agent.decide(prompt)
 
     # ------------------------------------------------------ SLM as callables
     def slm(self, context: str, k: int) -> list[dict[str, Any]]:
         """The agent's ``k`` candidates at ``context`` (StepCascade ``slm``)."""
-        d = self.agent.decide(context)
+        d = self._decide(context)
         return [
             {"text": t, "token_logprobs": lp, "token_entropies": ent}
             for t, lp, ent in zip(
@@ -176,7 +184,7 @@ class ClosedLoop:
 
     def verifier(self, context: str, texts: list[str]) -> list[float]:
         """The verifier's scores of the agent's candidates (StepCascade ``verifier``)."""
-        return list(self.agent.decide(context)["scores"])
+        return list(self._decide(context)["scores"])
 
     def teacher(self, context: str) -> str:
         """The environment expert's action in the current state."""
@@ -208,7 +216,7 @@ class ClosedLoop:
         cur = actions
         while not done:
             prompt = format_prompt(obs0, history, **self.prompt_kwargs)
-            a = self.agent.decide(prompt)["action"] or "look"
+            a = self._decide(prompt, env.admissible_commands())["action"] or "look"
             obs, done, success, _ = env.step(a)
             history.append((a, obs))
             cur = (*cur, a)
@@ -270,7 +278,8 @@ class ClosedLoop:
             prompt = format_prompt(obs0, history, **self.prompt_kwargs)
             teacher = env.expert_action()
             self._teacher_now = teacher
-            slm_action = self.agent.decide(prompt)["action"] or "look"
+            self._cmds_now = list(env.admissible_commands())
+            slm_action = self._decide(prompt)["action"] or "look"
             if cascade is None:
                 escalate = (
                     teacher is not None
@@ -284,7 +293,7 @@ class ClosedLoop:
                     prompt,
                     episode_id=episode_id,
                     horizon=self.horizon,
-                    context_length=self.agent.decide(prompt)["context_length"],
+                    context_length=self._decide(prompt)["context_length"],
                     tool_error=tool_error,
                     truncated=truncated,
                     group=seed,
@@ -308,7 +317,7 @@ class ClosedLoop:
             )
             if label and teacher is not None:
                 y, slm_ok, llm_ok = self.label(task, seed, actions, slm_action, teacher)
-                scores = self.agent.decide(prompt)["scores"]
+                scores = self._decide(prompt)["scores"]
                 v_teacher = float(
                     self.agent.verifier.score_candidates(prompt, [teacher])[0]
                 )
@@ -599,7 +608,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
 
     from pipelines.envs import make_env
     from pipelines.perturb import PerturbedEnv, make_family
-    from pipelines.rollout import SLMAgent
+    from pipelines.rollout import build_agent
     from r2vcal.cascade import StepCascade
     from r2vcal.thresholds import budget_threshold
 
@@ -622,9 +631,11 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
             make_env(env_name, **env_kwargs), ops, max_steps=run["max_steps"]
         )
 
-    agent = SLMAgent(
+    agent = build_agent(
         art["slm"],
         art["verifier"],
+        policy=run.get("policy", "generate"),
+        select=run.get("select", "logprob"),
         k=int(run["k"]),
         temperature=float(run.get("temperature", 1.0)),
         max_new_tokens=int(run.get("max_new_tokens", 12)),

@@ -54,8 +54,11 @@ from pipelines.bc import (
 )
 
 __all__ = [
+    "POLICIES",
     "RolloutConfig",
     "SLMAgent",
+    "agent_decide",
+    "build_agent",
     "label_confusion",
     "main",
     "make_parser",
@@ -65,7 +68,11 @@ __all__ = [
 ]
 
 _SPLIT_NAMES = {"train": "train", "validation": "val", "test": "test"}
-_AGENTS: dict[tuple[Any, ...], SLMAgent] = {}
+_AGENTS: dict[tuple[Any, ...], Any] = {}
+
+#: How the SLM proposes its ``k`` candidates: free generation (sampling) or
+#: scoring the environment's admissible commands (:mod:`pipelines.scoring`).
+POLICIES = frozenset({"generate", "score"})
 
 
 class SLMAgent:
@@ -159,10 +166,68 @@ class SLMAgent:
         return out
 
 
-def _get_agent(cfg: dict[str, Any]) -> SLMAgent:
+def build_agent(
+    slm: str,
+    verifier: str,
+    *,
+    policy: str = "generate",
+    k: int = 5,
+    temperature: float = 0.5,
+    max_new_tokens: int = 12,
+    seed: int = 0,
+    select: str = "logprob",
+) -> Any:
+    """The SLM agent of ``policy``: :class:`SLMAgent` or a ScoringAgent.
+
+    Parameters
+    ----------
+    slm, verifier : str
+        Model and verifier directories.
+    policy : {"generate", "score"}, default="generate"
+        ``"generate"`` samples ``k`` candidates (:class:`SLMAgent`);
+        ``"score"`` ranks the admissible commands by the SLM's sequence
+        log-probability (:class:`pipelines.scoring.ScoringAgent`).
+    k, temperature, max_new_tokens, seed
+        Sampling settings (``"generate"`` only).
+    select : {"logprob", "verifier"}, default="logprob"
+        Executed candidate of ``"score"``.
+    """
+    if policy not in POLICIES:
+        raise ValueError(
+            f"The 'policy' parameter must be a str among {set(sorted(POLICIES))}. "
+            f"Got {policy!r} instead."
+        )
+    if policy == "score":
+        from pipelines.scoring import ScoringAgent
+
+        return ScoringAgent(slm, verifier, k=k, select=select)
+    return SLMAgent(
+        slm,
+        verifier,
+        k=k,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+    )
+
+
+def agent_decide(agent: Any, prompt: str, env: Any) -> dict[str, Any]:
+    """``agent.decide`` at the current state of ``env``.
+
+    Agents that choose among the environment's commands (``needs_commands``)
+    get ``env.admissible_commands()``.
+    """
+    if getattr(agent, "needs_commands", False):
+        return agent.decide(prompt, env.admissible_commands())
+    return agent.decide(prompt)
+
+
+def _get_agent(cfg: dict[str, Any]) -> Any:
     key = (
         cfg["slm"],
         cfg["verifier"],
+        cfg.get("policy", "generate"),
+        cfg.get("select", "logprob"),
         cfg["k"],
         cfg["temperature"],
         cfg["max_new_tokens"],
@@ -170,9 +235,11 @@ def _get_agent(cfg: dict[str, Any]) -> SLMAgent:
     )
     if key not in _AGENTS:
         _AGENTS.clear()
-        _AGENTS[key] = SLMAgent(
+        _AGENTS[key] = build_agent(
             cfg["slm"],
             cfg["verifier"],
+            policy=cfg.get("policy", "generate"),
+            select=cfg.get("select", "logprob"),
             k=cfg["k"],
             temperature=cfg["temperature"],
             max_new_tokens=cfg["max_new_tokens"],
@@ -192,7 +259,7 @@ def _make_env(cfg: dict[str, Any]) -> Any:
 
 def play_episode(
     env: Any,
-    agent: SLMAgent | None,
+    agent: Any,
     task: str,
     seed: int,
     *,
@@ -244,7 +311,7 @@ def play_episode(
             action, decision, prompt = teacher or "look", None, None
         else:
             prompt = format_prompt(obs0, history, **prompt_kwargs)
-            decision = agent.decide(prompt)
+            decision = agent_decide(agent, prompt, env)
             action = decision["action"] or "look"
         if record:
             steps.append(
@@ -381,6 +448,10 @@ class RolloutConfig:
         Firing probability per operator and step.
     max_steps : int or None
         Episode step limit (default: the environment's).
+    policy : {"generate", "score"}
+        How the SLM proposes candidates (see :func:`build_agent`).
+    select : {"logprob", "verifier"}
+        Executed candidate when ``policy="score"``.
     k, temperature, max_new_tokens, sample_seed
         SLM sampling.
     label_margin : float
@@ -409,6 +480,8 @@ class RolloutConfig:
     families: list[str] = field(default_factory=lambda: ["all"])
     rate: float = 0.05
     max_steps: int | None = None
+    policy: str = "generate"
+    select: str = "logprob"
     k: int = 5
     temperature: float = 0.5
     max_new_tokens: int = 12
@@ -564,6 +637,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--families", nargs="*", default=None)
     p.add_argument("--rate", type=float, default=None)
     p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--policy", choices=sorted(POLICIES), default=None)
+    p.add_argument("--select", choices=["logprob", "verifier"], default=None)
     p.add_argument("--k", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
