@@ -175,7 +175,9 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
         )
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
+        if not isinstance(m, dict) or not (
+            isinstance(m.get("role"), str) and m["role"] in ROLES
+        ):
             raise BadRequest(
                 f"{where} must be an object whose 'role' is one of {sorted(ROLES)}; "
                 f"got {m!r:.80}.",
@@ -230,7 +232,9 @@ def validate_chat(body: Any) -> list[dict[str, Any]]:
                     f"tools[{i}]",
                 )
     choice = body.get("tool_choice")
-    if choice is not None and not (choice in TOOL_CHOICES or isinstance(choice, dict)):
+    if choice is not None and not (
+        (isinstance(choice, str) and choice in TOOL_CHOICES) or isinstance(choice, dict)
+    ):
         raise BadRequest(
             f"'tool_choice' must be one of {sorted(TOOL_CHOICES)} or an object; "
             f"got {_got(choice)}.",

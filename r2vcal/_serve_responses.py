@@ -65,7 +65,8 @@ def _text_of(content: Any, where: str) -> str:
                     "routes text only (input_text, output_text).",
                     f"{where}.content",
                 )
-            parts.append(p.get("text") or p.get("refusal") or "")
+            refusal = p.get("refusal")
+            parts.append(p.get("text") or (refusal if isinstance(refusal, str) else ""))
         return "".join(parts)
     raise BadRequest(
         f"{where}.content must be a str or a list of content parts; got "

@@ -182,6 +182,7 @@ def test_a_malformed_llm_answer_is_charged_logged_and_falls_back(router, ups, tm
         ({"user": 5}, "user"),
         ({"metadata": {"a": 1}}, "metadata"),
         ({"seed": 1.5}, "seed"),
+        ({"tool_choice": []}, "tool_choice"),
     ],
 )
 def test_every_field_is_validated_before_any_upstream_call(router, ups, body, param):
@@ -204,6 +205,7 @@ def test_every_field_is_validated_before_any_upstream_call(router, ups, body, pa
         [{"role": "user", "content": [{"type": "text", "text": 3}]}],
         [{"role": "assistant", "tool_calls": [{"function": "x"}]}],
         [{"role": "tool", "content": "x", "tool_call_id": 3}],
+        [{"role": ["user"], "content": "x"}],
     ],
 )
 def test_malformed_messages_get_400(router, ups, messages):
@@ -550,3 +552,75 @@ def test_a_client_fault_is_not_mistaken_for_missing_n(router, ups):
         r = _post(server.url, _messages())
     assert r.status_code == 400 and "context too long" in r.json()["error"]["message"]
     assert app.state.proxy.slm.supports_n is True and slm.calls == 2 and llm.calls == 0
+
+
+def test_no_request_body_makes_a_500(router, servers):
+    """Random values in every known field: 200 or an OpenAI 4xx, never a 500."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from r2vcal._serve_request import (
+        BOOL_FIELDS,
+        INT_FIELDS,
+        NUMBER_FIELDS,
+        OBJECT_FIELDS,
+        STR_FIELDS,
+    )
+
+    for s in servers:
+        s.reset()
+    fields = sorted(
+        {*NUMBER_FIELDS, *INT_FIELDS, *BOOL_FIELDS, *STR_FIELDS, *OBJECT_FIELDS}
+        | {"tools", "tool_choice", "stop", "messages"}
+    )
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=20),
+    )
+    values = st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "role",
+                        "content",
+                        "type",
+                        "function",
+                        "name",
+                        "arguments",
+                        "include_usage",
+                        "a",
+                    ]
+                ),
+                inner,
+                max_size=3,
+            )
+        ),
+        max_leaves=8,
+    )
+    _, server = _proxy(router, servers)
+    with server, httpx.Client(timeout=30) as client:
+
+        @settings(
+            max_examples=60,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(st.dictionaries(st.sampled_from(fields), values, max_size=4))
+        def one(extra):
+            body = {"model": "r2vcal", "messages": _messages(), **extra}
+            r = client.post(
+                server.url + "/v1/chat/completions",
+                content=json.dumps(body),
+                headers={"x-stainless-retry-count": "0"},
+            )
+            assert r.status_code in (200, 400), (r.status_code, r.text, body)
+            if r.status_code == 400:
+                assert r.json()["error"]["type"] == "invalid_request_error"
+
+        one()

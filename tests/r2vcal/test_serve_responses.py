@@ -218,3 +218,66 @@ def test_a_truncated_answer_is_incomplete(proxy):
         )
     )
     assert events[-1].type == "response.incomplete"
+
+
+def test_no_responses_body_makes_a_500(proxy):
+    """Random values in every Responses field: 200 or an OpenAI 4xx, never a 500."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    _, _, _, url = proxy
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-5, 5),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.sampled_from(["user", "assistant", "function_call", "message", "x"]),
+    )
+    keys = st.sampled_from(
+        ["role", "content", "type", "text", "refusal", "name", "arguments",
+         "call_id", "output", "format", "id", "schema"]
+    )  # fmt: skip
+    values = st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3)
+        ),
+        max_leaves=8,
+    )
+    fields = st.sampled_from(
+        ["input", "instructions", "tools", "tool_choice", "text", "conversation",
+         "previous_response_id", "max_output_tokens", "temperature", "metadata",
+         "stream", "parallel_tool_calls", "user"]
+    )  # fmt: skip
+    with httpx.Client(timeout=30) as client:
+
+        @settings(
+            max_examples=80, deadline=None, suppress_health_check=list(HealthCheck)
+        )
+        @given(st.dictionaries(fields, values, max_size=4))
+        def one(extra):
+            body = {"model": "r2vcal", "input": "hi", **extra}
+            r = client.post(
+                url + "/v1/responses",
+                content=json.dumps(body),
+                headers={"x-stainless-retry-count": "0"},
+            )
+            assert r.status_code in (200, 400, 404), (r.status_code, r.text, body)
+            if r.status_code != 200:
+                assert r.json()["error"]["type"] == "invalid_request_error"
+
+        one()
+
+
+def test_odd_content_parts_are_400_or_read(proxy):
+    _, _, _, url = proxy
+    part = {"type": "refusal", "text": "", "refusal": 5}
+    r = httpx.post(
+        url + "/v1/responses",
+        json={"input": [{"role": "assistant", "content": [part]}]},
+    )
+    assert r.status_code in (200, 400), r.text
+    r = httpx.post(
+        url + "/v1/responses", json={"input": [{"role": ["user"], "content": "x"}]}
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input[0].role"
