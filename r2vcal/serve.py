@@ -514,14 +514,24 @@ def _choice_text(choice: Mapping[str, Any]) -> str:
     return text
 
 
+def _number(value: Any) -> float:
+    """``value`` as a float, NaN for anything that is not a number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return math.nan
+
+
 def _choice_logprobs(choice: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-token log-probs and (from ``top_logprobs``) entropies of a choice."""
     tokens = (choice.get("logprobs") or {}).get("content") or []
     try:
         lp = np.array([t["logprob"] for t in tokens], dtype=np.float64)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):  # missing or non-numeric entries
         lp = np.array(
-            [t.get("logprob") if isinstance(t, dict) else None for t in tokens],
+            [
+                _number(t.get("logprob")) if isinstance(t, dict) else np.nan
+                for t in tokens
+            ],
             dtype=np.float64,
         )
     lp = np.where(np.isfinite(lp), np.minimum(lp, 0.0), -100.0)

@@ -624,3 +624,81 @@ def test_no_request_body_makes_a_500(router, servers):
                 assert r.json()["error"]["type"] == "invalid_request_error"
 
         one()
+
+
+def test_no_upstream_answer_makes_a_500(router, servers):
+    """Random values anywhere in the SLM's answer: an answer or a fallback."""
+    import copy
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    slm, llm = servers
+    for s in servers:
+        s.reset()
+    template = ok_answer("slm", {"n": K, "logprobs": True})
+    template["choices"][0]["message"]["tool_calls"] = [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ]
+
+    def paths(node, prefix=()):
+        yield prefix
+        items = (
+            node.items()
+            if isinstance(node, dict)
+            else enumerate(node)
+            if isinstance(node, list)
+            else ()
+        )
+        for k, v in items:
+            yield from paths(v, (*prefix, k))
+
+    all_paths = [p for p in paths(template) if p]
+    junk = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-3, 3),
+        st.floats(),
+        st.text(max_size=5),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    )
+    _, server = _proxy(router, servers)
+    with server, httpx.Client(timeout=30) as client:
+
+        @settings(
+            max_examples=60, deadline=None, suppress_health_check=list(HealthCheck)
+        )
+        @given(
+            st.lists(
+                st.tuples(st.sampled_from(all_paths), junk), min_size=1, max_size=3
+            )
+        )
+        def one(edits):
+            doc = copy.deepcopy(template)
+            for path, value in edits:
+                node = doc
+                try:
+                    for k in path[:-1]:
+                        node = node[k]
+                    node[path[-1]] = value
+                except (KeyError, IndexError, TypeError):
+                    pass
+            slm.handler = lambda body: (200, doc)
+            llm.handler = lambda body: (200, doc)  # the step escalates: both read
+            r = client.post(
+                server.url + "/v1/chat/completions",
+                json={
+                    "model": "r2vcal",
+                    "messages": _messages("error"),
+                    "stream": True,
+                },
+                headers={"x-stainless-retry-count": "0"},
+            )
+            assert r.status_code in (200, 502), (r.status_code, r.text, edits)
+            if r.status_code == 502:  # both answers unusable: an OpenAI error
+                assert r.json()["error"]["type"] == "upstream_error"
+            else:
+                assert r.text.rstrip().endswith("data: [DONE]")
+
+        one()
