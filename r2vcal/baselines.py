@@ -544,7 +544,9 @@ def compare_routers(
     -----
     Intervals: Brier, AUROC and frontier figures use the percentile bootstrap
     (over groups when given); ECE uses the bias-corrected percentile bootstrap
-    (binned ECE is biased upward on resamples); worst-group and CVaR figures
+    (binned ECE is biased upward on resamples; the debiased ECE, clipped at zero,
+    is skewed the other way and its interval can end just below the estimate);
+    worst-group and CVaR figures
     resample rows within each group, since resampling whole groups can only
     drop the worst one. AUROC is undefined on a sample with one class: such
     resamples are dropped, and the estimate is NaN when the data have one class.

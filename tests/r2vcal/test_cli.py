@@ -90,6 +90,8 @@ def test_report_on_csv(table, tmp_path):
                 "y_counterfactual",
                 "--groups",
                 "seed",
+                "--n-resamples",
+                "20",
                 "--out",
                 str(tmp_path / "fit"),
             ]
@@ -105,6 +107,8 @@ def test_report_on_csv(table, tmp_path):
             "y_counterfactual",
             "--groups",
             "seed",
+            "--n-resamples",
+            "20",
             "--out",
             str(tmp_path / "rep"),
         ]
@@ -310,7 +314,8 @@ def test_report_warns_when_the_router_loses_to_logistic_regression(table, tmp_pa
     )
     save_router(bad, tmp_path / "bad")
     argv = ["report", str(tmp_path / "bad"), str(table), "--target", "y_counterfactual"]
-    assert main([*argv, "--groups", "seed", "--out", str(tmp_path / "rep")]) == 0
+    argv += ["--groups", "seed", "--n-resamples", "20"]
+    assert main([*argv, "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     head = md.split("## Comparison")[0]
     assert "worse than logistic (cross-fitted here)" in head
