@@ -30,6 +30,7 @@ SLM and no command list runs.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -126,29 +127,44 @@ class AdmissibleScoringPolicy:
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos
         cands: list[Candidate] = []
         with torch.no_grad():
+            # The prompt once (its KV cache is shared), then every command's
+            # tokens in one padded batch on top of it.
+            pre = self.model(
+                input_ids=torch.tensor([p], device=self.device), use_cache=True
+            )
+            first = pre.logits[0, -1].float()
             for b in range(0, len(conts), self.batch_size):
                 chunk = conts[b : b + self.batch_size]
-                width = len(p) + max(len(c) for c in chunk)
+                width = max(len(c) for c in chunk)
                 ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                mask = torch.zeros((len(chunk), len(p) + width), dtype=torch.long)
+                mask[:, : len(p)] = 1
                 for i, c in enumerate(chunk):
-                    row = p + c
-                    ids[i, : len(row)] = torch.tensor(row)
-                    mask[i, : len(row)] = 1
+                    ids[i, : len(c)] = torch.tensor(c)
+                    mask[i, len(p) : len(p) + len(c)] = 1
+                cache = copy.deepcopy(pre.past_key_values)
+                cache.batch_repeat_interleave(len(chunk))
                 logits = self.model(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    past_key_values=cache,
+                    use_cache=True,
                 ).logits.float()
-                logp = torch.log_softmax(logits[:, len(p) - 1 : -1], dim=-1)
+                # position j predicts token j + 1; the prompt's last logit, token 0
+                logits = torch.cat(
+                    [first.expand(len(chunk), 1, -1), logits[:, :-1]], dim=1
+                )
+                logp = torch.log_softmax(logits, dim=-1)
                 top = logp.topk(min(ENTROPY_TOP_N, logp.shape[-1]), dim=-1).values
-                ent = topn_entropy(top.numpy())
+                ent = topn_entropy(top.cpu().numpy())
                 for i, c in enumerate(chunk):
                     n = len(c)
-                    tgt = torch.tensor(c).unsqueeze(-1)
+                    tgt = torch.tensor(c, device=logp.device).unsqueeze(-1)
                     lp = logp[i, :n].gather(-1, tgt).squeeze(-1)
                     cands.append(
                         Candidate(
                             text=commands[b + i].strip(),
-                            token_logprobs=lp.numpy(),
+                            token_logprobs=lp.cpu().numpy(),
                             token_entropies=ent[i, :n],
                             tokens=tok.convert_ids_to_tokens(c),
                             metadata={"source": "admissible_scoring"},
