@@ -102,6 +102,14 @@ class RunConfig:
     dpo_steps, dpo_max_pairs : int
         DPO optimizer steps and preference contexts.
     dpo_learning_rate, dpo_weight, consistency_weight : float
+    policy : {"score", "generate"}
+        How the frozen SLM acts in rollouts and in closed loop: ``"score"``
+        ranks the environment's admissible commands by the SLM's sequence
+        log-probability (:mod:`pipelines.scoring`); ``"generate"`` samples
+        ``k`` free-form candidates (what a user without a command list runs).
+    select : {"logprob", "verifier"}
+        Executed candidate of ``"score"`` (the SLM's most likely, or the
+        verifier's favourite among the ``k``).
     k : int
         SLM candidates per step.
     temperature : float
@@ -147,6 +155,8 @@ class RunConfig:
     dpo_learning_rate: float = 2e-4
     dpo_weight: float = 1.0
     consistency_weight: float = 1.0
+    policy: str = "score"
+    select: str = "logprob"
     k: int = 5
     temperature: float = 0.5
     max_new_tokens: int = 12
@@ -273,6 +283,8 @@ def main(cfg: RunConfig) -> dict[str, Any]:
         "rate": cfg.rate,
         "max_steps": cfg.max_steps,
         "k": cfg.k,
+        "policy": cfg.policy,
+        "select": cfg.select,
         "temperature": cfg.temperature,
         "max_new_tokens": cfg.max_new_tokens,
         "prompt_kwargs": pk,
@@ -404,6 +416,8 @@ def main(cfg: RunConfig) -> dict[str, Any]:
                 rate=cfg.rate,
                 max_steps=cfg.max_steps,
                 k=cfg.k,
+                policy=cfg.policy,
+                select=cfg.select,
                 temperature=cfg.temperature,
                 max_new_tokens=cfg.max_new_tokens,
                 counterfactual=cf,
@@ -542,6 +556,8 @@ def make_parser() -> argparse.ArgumentParser:
     ):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=None)
     p.add_argument("--kind", choices=["custom", "simple"], default=None)
+    p.add_argument("--policy", choices=["score", "generate"], default=None)
+    p.add_argument("--select", choices=["logprob", "verifier"], default=None)
     p.add_argument("--settings", type=json.loads, default=None)
     p.add_argument("--families", nargs="*", default=None)
     p.add_argument("--no-dpo", dest="dpo", action="store_false", default=None)
