@@ -548,9 +548,13 @@ def _cmd_serve(a: argparse.Namespace) -> int:
             log_path=a.log,
             served_model_name=a.served_model_name,
             max_connections=a.max_connections,
+            max_conversations=a.max_conversations,
+            retry_window=a.retry_window,
+            api_key=a.api_key or os.environ.get("R2VCAL_API_KEY"),
+            state_path=a.state,
         )
-    except TypeError as exc:
-        raise CLIError(str(exc)) from None
+    except (TypeError, ValueError) as exc:  # e.g. a router fitted on other columns
+        raise CLIError(str(exc).splitlines()[0] if str(exc) else repr(exc)) from None
     print(
         f"r2vcal serve: http://{a.host}:{a.port}/v1 -> SLM {a.slm_model} "
         f"({a.slm_base_url}), LLM {a.llm_model} ({a.llm_base_url}), k={a.k}, "
@@ -625,6 +629,26 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff", type=float, default=0.25)
     p.add_argument("--max-connections", type=int, default=64)
     p.add_argument("--served-model-name", default="r2vcal")
+    p.add_argument(
+        "--api-key",
+        help="inbound key clients must send as a bearer token (default: "
+        "$R2VCAL_API_KEY; required in practice when --host is not loopback)",
+    )
+    p.add_argument(
+        "--max-conversations",
+        type=int,
+        default=10_000,
+        help="conversations kept (least recently used dropped first)",
+    )
+    p.add_argument(
+        "--retry-window",
+        type=float,
+        default=30.0,
+        help="seconds within which a repeated request counts as a retry",
+    )
+    p.add_argument(
+        "--state", help="SQLite file keeping budgets and conversations across restarts"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(

@@ -27,7 +27,12 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from r2vcal.baselines import _positive_proba, compare_routers, risk_score
+from r2vcal.baselines import (
+    _as_unit_interval,
+    _positive_proba,
+    compare_routers,
+    risk_score,
+)
 
 __all__ = ["write_report"]
 
@@ -226,10 +231,16 @@ def write_report(
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    for k, (name, p) in enumerate(probs.items()):
-        marks = {"Bayes": threshold} if name == main else None
+    for k, name in enumerate(probs):
+        # rank by risk_score, as the table does (isotonic plateaus would merge
+        # distinct feature values); the Bayes mark moves to the same scale
+        ranks = _as_unit_interval(scores[name])
+        marks = None
+        escalated = probs[name] >= threshold
+        if name == main and escalated.any():
+            marks = {"Bayes": float(ranks[escalated].min())}
         FrontierDisplay.from_predictions(
-            p,
+            ranks,
             slm,
             llm,
             cost_slm=cost_slm,
@@ -295,7 +306,11 @@ def write_report(
         f"- router under study: **{main}** (threshold {threshold:.3f}, which "
         f"escalates {escalation_rate:.1%} of these steps)",
         "- every figure is `estimate [95% bootstrap CI]`"
-        + (f" (cluster bootstrap over {group_label}s)" if groups is not None else "")
+        + (
+            f" (cluster bootstrap over the groups: {group_label})"
+            if groups is not None
+            else ""
+        )
         + f"; ECE uses {n_bins} uniform bins, as the reliability diagrams; "
         "worst-group CIs resample rows within each group",
         "",

@@ -339,3 +339,25 @@ def test_report_on_one_class_says_not_available(table, tmp_path):
     )
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "n/a (one class)" in md and "one class only" in md
+
+
+def test_serve_router_on_other_columns_is_one_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("fastapi")
+    import r2vcal.serve
+    from r2vcal import CVaRBrierRouter, save_router
+
+    def never(*args, **kwargs):  # the check must fail before a server starts
+        raise AssertionError("run_server reached")
+
+    monkeypatch.setattr(r2vcal.serve, "run_server", never)
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(
+        {"foo": rng.normal(size=200), "entropy_mean": rng.normal(size=200)}
+    )
+    router = CVaRBrierRouter(calibration=None).fit(X, X["foo"] > 0)
+    save_router(router, tmp_path / "r")
+    argv = ["serve", "--router", str(tmp_path / "r"), *_SERVE]
+    argv += ["--slm-base-url", "http://a/v1", "--llm-base-url", "http://b/v1"]
+    assert main(argv) == 2  # 'foo' is not a feature serve computes
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
