@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= torch,plot,pipelines,serve,dev
 STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
-.PHONY: install demo test lint format bench clean test-vllm docs
+.PHONY: install demo test lint format bench clean test-vllm docs dataset-textworld
 
 install: $(STAMP)
 
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m pipelines.demo --out runs/demo
+
+# datasets/textworld_r2v: the big router table (scoring SLM, 40 games x 5 seeds,
+# counterfactual labels); ~30-40 min on 2 cores. See its DATASHEET.md.
+dataset-textworld: $(STAMP)
+	$(BIN)/python -m pipelines.dataset_textworld --out runs/dataset --ship datasets/textworld_r2v
 
 lint: $(STAMP)
 	$(BIN)/ruff check r2vcal pipelines tests bench
