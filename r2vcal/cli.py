@@ -77,7 +77,11 @@ def _check_out(out: Path) -> None:
 
 
 def _check_values(
-    df: pd.DataFrame, target: str, groups: str | None, features: Sequence[str]
+    df: pd.DataFrame,
+    target: str,
+    groups: str | None,
+    features: Sequence[str],
+    both_classes: bool = True,
 ) -> None:
     """Finite numeric features, a 0/1 target and complete groups, or one line."""
     n = len(df)
@@ -108,7 +112,7 @@ def _check_values(
         )
     if not np.isin(pd.unique(y), [0, 1, True, False]).all():
         raise CLIError(f"--target column {target!r} must hold 0/1 labels")
-    if pd.unique(y).size < 2:
+    if both_classes and pd.unique(y).size < 2:
         raise CLIError(
             f"--target column {target!r} holds one class only ({y.iloc[0]!r}); a "
             "router needs steps that needed escalation and steps that did not"
@@ -398,7 +402,8 @@ def _cmd_report(a: argparse.Namespace) -> int:
         raise CLIError("the saved router has no feature names; refit it on a table")
     features = _columns(df, a.target, a.groups, [str(n) for n in names])
     _check_out(Path(a.out))
-    _check_values(df, a.target, a.groups, features)
+    # one class is fine for evaluation: the report says what is undefined
+    _check_values(df, a.target, a.groups, features, both_classes=False)
     X = df[features].astype(np.float64)
     y = df[a.target].to_numpy().astype(np.int64)
     routers: dict[str, Any] = {"router": router}
@@ -438,6 +443,8 @@ def _cross_fitted_logistic(
 
     from r2vcal.baselines import LogisticRouter
 
+    if np.unique(y).size < 2:
+        return "the table holds one class"
     if split_col is None:
         if np.bincount(y, minlength=2).min() < 5:
             return "fewer than 5 rows of a class"

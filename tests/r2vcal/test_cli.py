@@ -326,17 +326,11 @@ def test_report_on_one_class_says_not_available(table, tmp_path):
     df = pd.read_parquet(table)
     argv = ["fit", str(table), "--target", "y_counterfactual", "--groups", "seed"]
     assert main([*argv, "--n-resamples", "10", "--out", str(tmp_path / "f")]) == 0
-    from r2vcal.report import write_report
-
-    router = load_router(tmp_path / "f" / "router")
-    one = df[df.y_counterfactual == 0]
-    write_report(
-        tmp_path / "rep",
-        {"router": router},
-        one[["entropy_mean", "verifier_max", "agreement"]],
-        one.y_counterfactual.to_numpy(),
-        n_resamples=10,
-    )
+    one = tmp_path / "one.parquet"
+    df[df.y_counterfactual == 0].to_parquet(one)
+    argv = ["report", str(tmp_path / "f" / "router"), str(one)]
+    argv += ["--target", "y_counterfactual", "--n-resamples", "10"]
+    assert main([*argv, "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "n/a (one class)" in md and "one class only" in md
 
