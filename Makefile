@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= torch,plot,pipelines,serve,dev
+EXTRAS ?= torch,plot,pipelines,serve,compat,dev
 STAMP  := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
 .PHONY: install demo test lint format bench clean test-vllm docs dataset-textworld
