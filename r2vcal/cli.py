@@ -198,12 +198,15 @@ def _columns(
     known = [c for c in FEATURE_NAMES if c in df.columns]
     if known:
         return known
-    skip = {target, groups}
+    # never features: the label, groups, identifiers and outcome columns
+    skip = {target, groups, "y", "step", "seed", *SPLIT_COLUMNS}
     numeric = [
         c
         for c in df.columns
         if c not in skip
         and pd.api.types.is_numeric_dtype(df[c])
+        and not pd.api.types.is_bool_dtype(df[c])
+        and not str(c).endswith("_id")
         and not str(c).startswith(("y_", "slm_", "llm_", "teacher_"))
     ]
     if not numeric:

@@ -79,43 +79,66 @@ def _router_summary(router: Any) -> dict[str, Any]:
 
 
 def _warnings(
-    table: pd.DataFrame,
+    probs: Mapping[str, np.ndarray],
     routers: Mapping[str, Any],
     main: str,
     y01: np.ndarray,
     groups: ArrayLike | None,
-) -> list[str]:
-    """Plain-language warnings for the top of the report."""
-    brier = table[table.metric == "brier"].set_index("router")["estimate"]
-    out = []
-    base = float(np.mean((y01.mean() - y01) ** 2))
-    yardsticks = {"the constant base-rate forecast": base}
+    n_resamples: int,
+) -> tuple[list[str], list[str]]:
+    """Warnings and yardstick notes for the top of the report.
+
+    The router under study is compared on held-out Brier with the yardsticks
+    (logistic regression, random, the constant base-rate forecast) by a paired
+    bootstrap of the difference: a warning when it is worse beyond the 95 %
+    interval, a note when the difference is within noise.
+    """
+    from r2vcal.metrics import bootstrap_ci
+
+    warn: list[str] = []
+    notes: list[str] = []
+    yardsticks = {"the constant base-rate forecast": np.full_like(y01, y01.mean())}
     for name, est in routers.items():
         if name == main:
             continue
         yardstick = type(est).__name__ in ("RandomRouter", "LogisticRouter")
         if yardstick or name.split(" ")[0] in ("random", "logistic"):
-            yardsticks[name] = float(brier[name])
-    for name, value in yardsticks.items():
-        if brier[main] > value:
-            out.append(
-                f"**{main} is worse than {name}** on held-out Brier "
-                f"({brier[main]:.4f} vs {value:.4f})."
-            )
+            yardsticks[name] = probs[name]
+    mine = (probs[main] - y01) ** 2
+    idx = np.arange(y01.shape[0])
+    for name, p in yardsticks.items():
+        theirs = (p - y01) ** 2
+
+        def diff(i: np.ndarray, theirs: np.ndarray = theirs) -> float:
+            return float(mine[i].mean() - theirs[i].mean())
+
+        ci = bootstrap_ci(
+            diff, idx, n_resamples=n_resamples, groups=groups, random_state=0
+        )
+        text = (
+            f"held-out Brier {mine.mean():.4f} vs {theirs.mean():.4f}, "
+            f"difference {ci.estimate:+.4f} [95% CI {ci.low:+.4f}, {ci.high:+.4f}]"
+        )
+        if ci.low > 0:
+            warn.append(f"**{main} is worse than {name}** ({text}).")
+        elif ci.high < 0:
+            notes.append(f"{main} beats {name} ({text}).")
+        else:
+            notes.append(f"{main} is on par with {name}, within noise ({text}).")
     if not 0 < y01.sum() < y01.shape[0]:
-        out.append(
+        warn.append(
             "The held-out rows hold one class only: AUROC is undefined and "
             "Brier/ECE measure calibration to a constant."
         )
     n_clusters = y01.shape[0] if groups is None else np.unique(np.asarray(groups)).size
     if n_clusters < 2:
-        out.append(
+        warn.append(
             "The intervals come from fewer than 2 clusters (groups or rows): "
             "they are not confidence intervals."
         )
     elif groups is not None and n_clusters < 5:
-        out.append(f"Only {n_clusters} groups: cluster-bootstrap intervals are rough.")
-    return out
+        warn.append(f"Only {n_clusters} groups: cluster-bootstrap intervals are rough.")
+    return warn, notes
 
 
 def write_report(
@@ -212,7 +235,9 @@ def write_report(
     main_router = routers[main]
     threshold = float(getattr(main_router, "threshold_", 0.5))
     escalation_rate = float(np.mean(probs[main] >= threshold))
-    warnings_ = _warnings(table, routers, main, y01, groups)
+    warnings_, yardstick_notes = _warnings(
+        probs, routers, main, y01, groups, n_resamples
+    )
     per_group = None
     if groups is not None:
         per_group = group_metrics(y01, probs[main], groups, threshold=threshold)
@@ -274,6 +299,7 @@ def write_report(
         "positive_rate": float(y01.mean()),
         "main": main,
         "warnings": warnings_,
+        "yardsticks": yardstick_notes,
         "escalation_rate_at_threshold": escalation_rate,
         "group_label": group_label,
         "router": _router_summary(main_router),
@@ -299,6 +325,7 @@ def write_report(
     lines = [f"# {title}", ""]
     lines += [f"> **Warning:** {w}" for w in warnings_]
     lines += [""] if warnings_ else []
+    lines += [f"- {n}" for n in yardstick_notes]
     lines += [f"- {n}" for n in notes]
     lines += [
         f"- held-out steps: {y01.shape[0]:,}; escalation-needed rate "
@@ -355,6 +382,7 @@ def write_report(
             for w in warnings_
         ],
         "<ul>",
+        *[f"<li>{html.escape(n)}</li>" for n in yardstick_notes],
         *[f"<li>{html.escape(n)}</li>" for n in notes],
         f"<li>held-out steps: {y01.shape[0]:,}; escalation-needed rate "
         f"{y01.mean():.3f}</li><li>router under study: <b>{html.escape(main)}</b> "
