@@ -1,0 +1,66 @@
+"""The same small chain twice gives the same model and the same tables, byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from _tw_chain import ENV_KWARGS, FAMILIES, RATE, trajectories, verifier
+
+pytestmark = pytest.mark.slow
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_chain_twice_byte_for_byte(tmp_path_factory) -> None:
+    pytest.importorskip("trl")
+    from pipelines.bc import BCConfig
+    from pipelines.bc import main as bc
+    from pipelines.rollout import RolloutConfig
+    from pipelines.rollout import main as rollout
+
+    traj = trajectories(tmp_path_factory)
+    ver = str(verifier(tmp_path_factory))
+    root = tmp_path_factory.mktemp("repro")
+    tables = []
+    models = []
+    for run in ("a", "b"):
+        slm = root / run / "bc"
+        bc(
+            BCConfig(
+                trajectories=[str(traj)],
+                output_dir=str(slm),
+                hidden_size=32,
+                n_layers=1,
+                vocab_size=400,
+                max_steps=4,
+                batch_size=4,
+                logging_steps=2,
+            )
+        )
+        models.append(_digest(slm / "model.safetensors"))
+        for policy in ("score", "generate"):
+            out = root / run / f"{policy}.parquet"
+            rollout(
+                RolloutConfig(
+                    slm=str(slm),
+                    verifier=ver,
+                    out=str(out),
+                    env_kwargs=ENV_KWARGS,
+                    split="test",
+                    seeds=[1000, 1001],
+                    families=FAMILIES,
+                    rate=RATE,
+                    max_steps=6,
+                    k=3,
+                    max_new_tokens=6,
+                    policy=policy,
+                    backend=None,
+                )
+            )
+            tables.append(_digest(out))
+    assert models[0] == models[1]
+    assert tables[:2] == tables[2:]
