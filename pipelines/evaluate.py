@@ -19,7 +19,9 @@ Arms:
   ``cvar_brier``: :class:`r2vcal.CVaRBrierRouter`; ``brier_only``: the same
   router with ``cvar_weight=0`` — each fitted on the router table (SLM-only
   rollouts on other games) and run at the thresholds that escalate the target
-  shares ``rates`` of that table's steps (:func:`r2vcal.thresholds.budget_threshold`),
+  shares ``rates`` of that table's steps, each ranking steps by its
+  :func:`r2vcal.baselines.risk_score` (:class:`RankedRouter`; the raw feature
+  for entropy/verifier, so every router reaches every rate),
   so arms meet at matched escalation rates;
 * ``oracle`` (not deployable): escalates exactly when the SLM's proposed action
   differs from the teacher's and leads to a state from which the SLM alone
@@ -62,7 +64,9 @@ import pandas as pd
 __all__ = [
     "ClosedLoop",
     "EvaluateConfig",
+    "RankedRouter",
     "fit_routers",
+    "headline_ratios",
     "main",
     "make_parser",
     "resolve_label",
@@ -85,6 +89,9 @@ class EvaluateConfig:
         Output folder (default ``<run>/evaluate``).
     slm, verifier, router_table : str, optional
         Override the run's artifacts.
+    policy, select : str, optional
+        Override the run's SLM policy (``"score"``/``"generate"``) and
+        selection rule (:func:`pipelines.rollout.build_agent`).
     label : str
         Label column of the router table the routers are fitted on and of the
         mixed-trajectory rows. ``"auto"``: ``y_counterfactual`` when it holds
@@ -118,6 +125,8 @@ class EvaluateConfig:
     slm: str | None = None
     verifier: str | None = None
     router_table: str | None = None
+    policy: str | None = None
+    select: str | None = None
     label: str = "auto"
     test_seeds: list[int] | None = None
     n_test_tasks: int | None = None
@@ -515,6 +524,173 @@ class _Coin:
         return np.column_stack([1.0 - u, u])
 
 
+class RankedRouter:
+    """A router deciding by the rank of its ``risk_score`` among reference steps.
+
+    ``predict_proba`` returns, as the escalation "probability", the share of
+    the reference steps (the router table) whose risk score is at most this
+    step's: a monotone map of :func:`r2vcal.baselines.risk_score`, so a
+    threshold on it is a threshold on the raw score. EntropyRouter and
+    VerifierRouter rank by their raw feature, which keeps distinct values
+    apart where their isotonic probabilities tie, so every router reaches
+    every target escalation rate up to the ties of its own score.
+
+    Parameters
+    ----------
+    router : fitted router
+    X_ref : array-like
+        Reference steps (the router table's features).
+    """
+
+    def __init__(self, router: Any, X_ref: Any) -> None:
+        from r2vcal.baselines import risk_score
+
+        self.router = router
+        self.ref_ = np.sort(risk_score(router, X_ref))
+        self.n_features_in_ = getattr(router, "n_features_in_", None)
+        if hasattr(router, "feature_names_in_"):
+            self.feature_names_in_ = router.feature_names_in_
+        self.cost_slm = getattr(router, "cost_slm", 1.0)
+        self.cost_llm = getattr(router, "cost_llm", 10.0)
+
+    def rank(self, X: Any) -> np.ndarray:
+        """Share of reference steps whose risk score is <= each step's."""
+        from r2vcal.baselines import risk_score
+
+        s = risk_score(self.router, X)
+        return np.searchsorted(self.ref_, s, side="right") / len(self.ref_)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """``[1 - rank, rank]`` (see the class docstring)."""
+        u = self.rank(X)
+        return np.column_stack([1.0 - u, u])
+
+    def threshold_for(self, rate: float) -> tuple[float, float]:
+        """Threshold on the rank whose reference escalation share is nearest ``rate``.
+
+        Returns
+        -------
+        threshold : float
+        achieved : float
+            The share of reference steps escalated at that threshold.
+        """
+        n = len(self.ref_)
+        u = np.searchsorted(self.ref_, self.ref_, side="right") / n
+        cands = np.unique(u)
+        shares = np.array([(u >= c).mean() for c in cands])
+        i = int(np.argmin(np.abs(shares - rate) + 1e-9 * np.arange(len(cands))))
+        return float(cands[i]), float(shares[i])
+
+
+_HEADLINE_ROUTERS = ("cvar_brier", "brier_only", "entropy", "verifier", "random")
+_SINGLE_FEATURE = ("entropy", "verifier")
+
+
+def _headline_from(
+    succ: np.ndarray,
+    n_ep: np.ndarray,
+    calls: np.ndarray,
+    steps: np.ndarray,
+    arms: list[tuple[str, Any]],
+    tol: float,
+) -> dict[str, float]:
+    """Shares at the teacher's success and the ratios, from per-arm totals."""
+    rate = succ / np.maximum(n_ep, 1)
+    share = calls / np.maximum(steps, 1)
+    names = [a[0] for a in arms]
+    target = float(rate[names.index("teacher_only")]) - tol
+    out: dict[str, float] = {"target_success": target}
+    for r in _HEADLINE_ROUTERS:
+        idx = [i for i, n in enumerate(names) if n == r and rate[i] >= target - 1e-12]
+        out[r] = float(min(share[i] for i in idx)) if idx else float("nan")
+    singles = [out[r] for r in _SINGLE_FEATURE if np.isfinite(out[r])]
+    out["best_single_feature"] = min(singles) if singles else float("nan")
+    for key, ref in (("entropy", out["entropy"]), ("best", out["best_single_feature"])):
+        ok = np.isfinite(out["cvar_brier"]) and np.isfinite(ref) and ref > 0
+        out[f"cvar_over_{key}"] = out["cvar_brier"] / ref if ok else float("nan")
+    return out
+
+
+def headline_ratios(
+    episodes: pd.DataFrame,
+    *,
+    tolerance: float = 0.02,
+    n_resamples: int = 1000,
+    random_state: int = 0,
+) -> dict[str, Any]:
+    """LLM-call share each router needs to reach the teacher's success, with CIs.
+
+    For every router the smallest LLM-call share among its arms whose success
+    is within ``tolerance`` of the teacher-only success (NaN when no arm gets
+    there), and the ratios CVaR-Brier ÷ entropy and CVaR-Brier ÷ the best
+    single-feature baseline (the smaller of entropy's and verifier's shares).
+    The 95 % CIs resample whole games (tasks) with replacement and recompute
+    the target, every arm's success and share, and the ratios; ``defined``
+    is the share of resamples where a figure exists.
+
+    Parameters
+    ----------
+    episodes : DataFrame
+        One row per episode: ``router``, ``threshold_rate``, ``task_id``,
+        ``success``, ``llm_calls``, ``steps``.
+    tolerance : float, default=0.02
+    n_resamples : int, default=1000
+    random_state : int, default=0
+
+    Returns
+    -------
+    dict
+        Per figure: ``estimate``, ``low``, ``high``, ``defined``.
+    """
+    ep = episodes.copy()
+    ep["arm"] = list(zip(ep["router"], ep["threshold_rate"].astype(str), strict=True))
+    arms = list(dict.fromkeys(ep["arm"]))
+    tasks = sorted(ep["task_id"].unique())
+    cube = {}
+    for col in ("success", "llm_calls", "steps"):
+        cube[col] = (
+            ep.pivot_table(index="arm", columns="task_id", values=col, aggfunc="sum")
+            .reindex(index=arms, columns=tasks)
+            .fillna(0.0)
+            .to_numpy(float)
+        )
+    cube["n"] = (
+        ep.pivot_table(index="arm", columns="task_id", values="steps", aggfunc="size")
+        .reindex(index=arms, columns=tasks)
+        .fillna(0.0)
+        .to_numpy(float)
+    )
+
+    def at(w: np.ndarray) -> dict[str, float]:
+        return _headline_from(
+            cube["success"] @ w,
+            cube["n"] @ w,
+            cube["llm_calls"] @ w,
+            cube["steps"] @ w,
+            arms,
+            tolerance,
+        )
+
+    point = at(np.ones(len(tasks)))
+    rng = np.random.default_rng(random_state)
+    draws = [
+        at(np.bincount(rng.integers(0, len(tasks), len(tasks)), minlength=len(tasks)))
+        for _ in range(n_resamples)
+    ]
+    out: dict[str, Any] = {}
+    for key, est in point.items():
+        vals = np.array([d[key] for d in draws], float)
+        fin = vals[np.isfinite(vals)]
+        out[key] = {
+            "estimate": est,
+            "low": float(np.quantile(fin, 0.025)) if len(fin) else float("nan"),
+            "high": float(np.quantile(fin, 0.975)) if len(fin) else float("nan"),
+            "defined": float(len(fin) / max(len(vals), 1)),
+        }
+    out["n_games"] = len(tasks)
+    return out
+
+
 def resolve_label(table: pd.DataFrame, label: str = "auto") -> str:
     """The label column to fit on (``"auto"``: see :class:`EvaluateConfig`)."""
     if label != "auto":
@@ -610,7 +786,6 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     from pipelines.perturb import PerturbedEnv, make_family
     from pipelines.rollout import build_agent
     from r2vcal.cascade import StepCascade
-    from r2vcal.thresholds import budget_threshold
 
     start = time.perf_counter()
     torch.set_num_threads(1)  # tiny models: threads only contend
@@ -634,8 +809,8 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     agent = build_agent(
         art["slm"],
         art["verifier"],
-        policy=run.get("policy", "generate"),
-        select=run.get("select", "logprob"),
+        policy=cfg.policy or run.get("policy", "generate"),
+        select=cfg.select or run.get("select", "logprob"),
         k=int(run["k"]),
         temperature=float(run.get("temperature", 1.0)),
         max_new_tokens=int(run.get("max_new_tokens", 12)),
@@ -677,13 +852,20 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         ("teacher_only", None, lambda: cascade(routers["entropy"], 0.0)),
         ("oracle", None, lambda: None),
     ]
+    # Every router decides by the rank of its risk score among the router
+    # table's steps (RankedRouter), so each reaches each target rate.
+    table_rates: dict[str, dict[str, float]] = {}
     for name in ("cvar_brier", "brier_only", "entropy", "verifier", "random"):
-        p = routers[name].predict_proba(X_table)[:, 1]
+        ranked = None if name == "random" else RankedRouter(routers[name], X_table)
+        table_rates[name] = {}
         for rate in cfg.rates:
-            tau = 1.0 - rate if name == "random" else budget_threshold(p, rate)
-            arms.append(
-                (name, rate, partial(cascade, routers[name], float(min(tau, 1.0))))
-            )
+            if ranked is None:
+                tau, achieved = 1.0 - rate, rate
+                arms.append((name, rate, partial(cascade, routers[name], tau)))
+            else:
+                tau, achieved = ranked.threshold_for(rate)
+                arms.append((name, rate, partial(cascade, ranked, tau)))
+            table_rates[name][str(rate)] = achieved
     episodes, steps = [], []
     bar = tqdm(
         total=len(arms) * len(tasks) * len(seeds),
@@ -771,6 +953,13 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
                 strict=True,
             )
         )
+    headline["ratios"] = headline_ratios(
+        ep_df,
+        tolerance=cfg.success_tolerance,
+        n_resamples=cfg.n_resamples,
+        random_state=cfg.random_state,
+    )
+    headline["router_table_escalation_rates"] = table_rates
     summary: dict[str, Any] = {
         "config": asdict(cfg),
         "tasks": tasks,
@@ -889,6 +1078,33 @@ def _fmt(x: Any, digits: int = 3) -> str:
     )
 
 
+def _ci(d: dict[str, Any]) -> str:
+    return (
+        f"{_fmt(d['estimate'])} [{_fmt(d['low'])}, {_fmt(d['high'])}]"
+        f" (defined in {d['defined']:.0%} of game resamples)"
+    )
+
+
+def _ratio_lines(h: dict[str, Any]) -> list[str]:
+    r = h.get("ratios")
+    if not r:
+        return []
+    lines = [
+        "- headline (95 % CI, games resampled): LLM-call share at the teacher's "
+        "success: CVaR-Brier " + _ci(r["cvar_brier"]) + "; entropy "
+        f"{_ci(r['entropy'])}; best single feature {_ci(r['best_single_feature'])}",
+        f"- CVaR-Brier ÷ entropy {_ci(r['cvar_over_entropy'])} (paper: ≤ 0.5); "
+        f"CVaR-Brier ÷ best single feature {_ci(r['cvar_over_best'])}",
+    ]
+    c, b = r["cvar_brier"]["estimate"], r["best_single_feature"]["estimate"]
+    if not (np.isfinite(c) and np.isfinite(b)) or c > b:
+        lines.append(
+            "- CVaR-Brier does **not** beat the best single-feature baseline here"
+            " (it needs a larger share, or one of them never reaches the target)."
+        )
+    return lines
+
+
 def write_markdown(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Path:
     """``report.md`` and ``report.html`` of the closed-loop results."""
     h = summary["headline"]
@@ -911,6 +1127,7 @@ def write_markdown(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Pat
         + ", ".join(f"{k} {_fmt(v)}" for k, v in h["at_entropy_best"]["share"].items())
         + "; CVaR-Brier ÷ entropy "
         + _fmt(h["at_entropy_best"]["cvar_over_entropy_share"]),
+        *_ratio_lines(h),
         "",
         "![frontier](frontier.png)",
         "",
@@ -975,6 +1192,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--verifier", default=None)
     p.add_argument("--router-table", default=None)
     p.add_argument("--label", default=None)
+    p.add_argument("--policy", choices=["score", "generate"], default=None)
+    p.add_argument("--select", choices=["logprob", "verifier"], default=None)
     p.add_argument("--test-seeds", type=int, nargs="+", default=None)
     p.add_argument("--n-test-tasks", type=int, default=None)
     p.add_argument("--rates", type=float, nargs="+", default=None)
