@@ -809,10 +809,12 @@ class Sandbox:
                 "65534",
             ]
         args += _system_binds()
-        for d in _python_dirs(self.python or sys.executable):
-            args += ["--ro-bind", d, d]
         args += ["--proc", "/proc", "--dev", "/dev"]
         args += ["--size", str(self.max_disk_mb * 1024 * 1024), "--tmpfs", "/tmp"]
+        # after the private /tmp: an interpreter or venv under /tmp (a checkout
+        # in /tmp, as CI may use) must stay visible through it
+        for d in _python_dirs(self.python or sys.executable):
+            args += ["--ro-bind", d, d]
         for p in ro:
             args += ["--ro-bind", str(p), str(p)]
         args += ["--bind", str(work), str(work), "--chdir", str(work)]
