@@ -48,7 +48,7 @@ def _episodes(shares: dict[str, list[tuple[float, float, float]]]) -> pd.DataFra
                             "seed": seed,
                             "success": bool((g + seed) % 10 < 10 * p),
                             "steps": 10,
-                            "llm_calls": int(round(10 * c)),
+                            "llm_calls": round(10 * c),
                         }
                     )
     rng.shuffle(rows)
