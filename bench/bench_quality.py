@@ -85,16 +85,18 @@ def load_tables() -> dict[str, Callable[[], Table]]:
 
         return load
 
-    def textworld(target: str) -> Callable[[], Table]:
+    def textworld(target: str, which: str = "tiny") -> Callable[[], Table]:
+        loader = getattr(datasets, f"load_textworld_{which}")
+
         def load() -> Table:
             parts = [
-                datasets.load_textworld_tiny(subset=s, target=target, as_frame=True)
+                loader(subset=s, target=target, as_frame=True)
                 for s in ("router", "test")
             ]
             frame = pd.concat([p.frame for p in parts], ignore_index=True)
             ds = parts[0]
             return Table(
-                name=f"textworld_tiny[{target}]",
+                name=f"textworld_{which}[{target}]",
                 X=frame[ds.feature_names].astype(np.float64),
                 y=frame[target].to_numpy().astype(int),
                 groups=frame["seed"].to_numpy(),
@@ -121,6 +123,7 @@ def load_tables() -> dict[str, Callable[[], Table]]:
         ),
         "textworld_tiny[y_verifier]": textworld("y_verifier"),
         "textworld_tiny[y_counterfactual]": textworld("y_counterfactual"),
+        "textworld_r2v[y_counterfactual]": textworld("y_counterfactual", "r2v"),
     }
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "get_data_home",
     "load_mmlu_pro_agreement",
     "load_mmlu_pro_cascade",
+    "load_textworld_r2v",
     "load_textworld_tiny",
 ]
 
@@ -357,6 +358,93 @@ def load_textworld_tiny(
             f"The textworld_tiny table was not found at {path}. Set R2VCAL_DATA "
             "(or data_home) to the folder holding 'textworld_tiny/', or rebuild "
             "it with 'python -m pipelines.demo --ship datasets/textworld_tiny'."
+        )
+    frame = pd.read_parquet(path)
+    sheet = folder / "DATASHEET.md"
+    return _bunch(
+        frame,
+        list(FEATURE_NAMES),
+        target=target,
+        group="seed",
+        slm="slm_step_success",
+        llm="llm_step_success",
+        descr=sheet.read_text(encoding="utf-8") if sheet.is_file() else "",
+        as_frame=as_frame,
+        return_X_y=return_X_y,
+        return_groups=return_groups,
+    )
+
+
+_TWR_DIR = "textworld_r2v"
+_TWR_FILES = {
+    "router": "textworld_r2v_router.parquet",
+    "test": "textworld_r2v_test.parquet",
+}
+
+
+def load_textworld_r2v(
+    *,
+    subset: str = "router",
+    target: str = "y_counterfactual",
+    as_frame: bool = False,
+    return_X_y: bool = False,
+    return_groups: bool = False,
+    data_home: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Load the TextWorld router table built by ``make dataset-textworld``.
+
+    One row per step of a frozen tiny SLM that **scores TextWorld's admissible
+    commands** (:mod:`pipelines.scoring`) on held-out ``tw-simple`` games under
+    five seeded perturbation seeds, with the 18 features of
+    :data:`r2vcal.features.FEATURE_NAMES` and the labels ``y_counterfactual``
+    (the teacher's action at the step, then the SLM, succeeds while the SLM
+    alone fails; computed by replaying the seeded episode) and ``y_verifier``.
+    Groups are the perturbation seeds. Larger than :func:`load_textworld_tiny`
+    (the demo's table) and with a mid-strength SLM, so the counterfactual
+    label has positives in many episodes. See ``DATASHEET.md`` (``DESCR``).
+
+    Parameters
+    ----------
+    subset : {"router", "test"}, default="router"
+        ``"router"``: validation games (the routers are fitted on them);
+        ``"test"``: held-out test games under held-out seeds.
+    target : {"y_counterfactual", "y_verifier"}, default="y_counterfactual"
+    as_frame, return_X_y, return_groups, data_home
+        As in :func:`load_mmlu_pro_cascade`.
+
+    Returns
+    -------
+    data : Bunch
+        ``data`` (n, 18), ``target``, ``groups`` (seeds), ``feature_names``,
+        ``slm_success`` / ``llm_success``, ``frame`` and ``DESCR``.
+
+    Examples
+    --------
+    >>> from r2vcal.datasets import load_textworld_r2v
+    >>> ds = load_textworld_r2v()
+    >>> ds.data.shape[1], len(set(ds.groups)) >= 5
+    (18, True)
+    """
+    from r2vcal.features import FEATURE_NAMES
+
+    _check_flags("load_textworld_r2v", as_frame, return_X_y, return_groups)
+    if subset not in _TWR_FILES:
+        raise ValueError(
+            "The 'subset' parameter of load_textworld_r2v must be a str among "
+            f"{set(_TWR_FILES)}. Got {subset!r} instead."
+        )
+    if target not in _TW_TARGETS:
+        raise ValueError(
+            "The 'target' parameter of load_textworld_r2v must be a str among "
+            f"{set(_TW_TARGETS)}. Got {target!r} instead."
+        )
+    folder = get_data_home(data_home) / _TWR_DIR
+    path = folder / _TWR_FILES[subset]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The textworld_r2v table was not found at {path}. Set R2VCAL_DATA "
+            "(or data_home) to the folder holding 'textworld_r2v/', or rebuild "
+            "it with 'make dataset-textworld'."
         )
     frame = pd.read_parquet(path)
     sheet = folder / "DATASHEET.md"
