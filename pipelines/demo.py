@@ -64,13 +64,54 @@ class DemoConfig:
 def _offline_report(run: dict[str, Any], out: Path, n_resamples: int) -> dict[str, Any]:
     import pandas as pd
 
+    train = pd.read_parquet(run["artifacts"]["router_table"])
+    test = pd.read_parquet(run["artifacts"]["test_table"])
+    return _table_report(
+        train,
+        test,
+        out,
+        n_resamples,
+        title="Offline router report: TextWorld test table (SLM-only rollouts)",
+        where=(run["artifacts"]["router_table"], run["artifacts"]["test_table"]),
+    )
+
+
+def _shipped_report(out: Path, n_resamples: int) -> dict[str, Any] | None:
+    """The same offline report on the shipped ``datasets/textworld_r2v`` table."""
+    from r2vcal.datasets import load_textworld_r2v
+
+    try:
+        train, test = (
+            load_textworld_r2v(subset=s, as_frame=True).frame
+            for s in ("router", "test")
+        )
+    except FileNotFoundError as exc:
+        print(f"  skipped: {exc}")
+        return None
+    return _table_report(
+        train,
+        test,
+        out,
+        n_resamples,
+        title="Offline router report: shipped table datasets/textworld_r2v",
+        where=("textworld_r2v router subset", "textworld_r2v test subset"),
+    )
+
+
+def _table_report(
+    train: Any,
+    test: Any,
+    out: Path,
+    n_resamples: int,
+    *,
+    title: str,
+    where: tuple[str, str],
+) -> dict[str, Any]:
     from pipelines.evaluate import fit_routers, resolve_label
     from r2vcal.features import FEATURE_NAMES
     from r2vcal.report import write_report
 
     feats = list(FEATURE_NAMES)
-    train = pd.read_parquet(run["artifacts"]["router_table"])
-    test = pd.read_parquet(run["artifacts"]["test_table"])
     label = resolve_label(train)
     y = train[label].astype(int)
     fitted = fit_routers(train, label)
@@ -90,10 +131,10 @@ def _offline_report(run: dict[str, Any], out: Path, n_resamples: int) -> dict[st
         slm_success=test["slm_step_success"].astype(bool).to_numpy(),
         llm_success=test["llm_step_success"].astype(bool).to_numpy(),
         reference="entropy",
-        title="Offline router report: TextWorld test table (SLM-only rollouts)",
+        title=title,
         notes=[
-            f"fitted on {run['artifacts']['router_table']} ({len(train)} steps)",
-            f"evaluated on {run['artifacts']['test_table']} ({len(test)} steps), "
+            f"fitted on {where[0]} ({len(train)} steps)",
+            f"evaluated on {where[1]} ({len(test)} steps), "
             "held-out games and perturbation seeds",
             f"label: {label} (y_counterfactual: teacher at t, then the SLM, "
             "succeeds while the SLM alone fails; y_verifier: the verifier scores the "
@@ -105,6 +146,7 @@ def _offline_report(run: dict[str, Any], out: Path, n_resamples: int) -> dict[st
     return {
         "label": label,
         "train_rows": len(train),
+        "train_positives": int(y.sum()),
         "train_positive_rate": float(y.mean()),
         "test_rows": len(test),
         "test_positive_rate": float(test[label].mean()),
@@ -117,10 +159,67 @@ def _fmt(x: Any) -> str:
     return "—" if x is None else str(x)
 
 
+_STYLE = (
+    "<style>body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto}"
+    "table.headline{border-collapse:collapse;margin:1em 0}"
+    "table.headline td,table.headline th{border:1px solid #ccc;padding:.3em .7em;"
+    "text-align:right}table.headline td:first-child{text-align:left}"
+    "table.headline tr.hl{background:#eef6ee}</style>"
+)
+
+
+def _headline_table(csv: Path, ev: dict[str, Any]) -> str:
+    """Per arm: success and LLM-call share with 95 % CIs (games resampled).
+
+    Each router's row is its cheapest arm reaching the teacher's success
+    (within the tolerance), else its most successful arm, marked "never".
+    """
+    import pandas as pd
+
+    if not csv.is_file():
+        return ""
+    res = pd.read_csv(csv)
+    target = float(ev["headline"]["target_success"])
+    rows = []
+    for name, grp in res.groupby("router", sort=False):
+        ok = grp[grp["success"] >= target - 1e-12]
+        if len(ok):
+            r, note = ok.loc[ok["llm_share"].idxmin()], "yes"
+        else:
+            r, note = grp.loc[grp["success"].idxmax()], "never"
+        rate = r["threshold_rate"]
+        rows.append(
+            f"<tr class='{'hl' if name == 'cvar_brier' else ''}'><td>{name}</td>"
+            f"<td>{'—' if pd.isna(rate) else f'{rate:.2f}'}</td>"
+            f"<td>{r['success']:.3f} [{r['success_low']:.3f}, {r['success_high']:.3f}]"
+            f"</td><td>{r['llm_share']:.3f} [{r['llm_share_low']:.3f}, "
+            f"{r['llm_share_high']:.3f}]</td><td>{note}</td></tr>"
+        )
+    ratios = ev["headline"].get("ratios", {})
+
+    def ci(key: str) -> str:
+        d = ratios.get(key)
+        if not d:
+            return "—"
+        return f"{_fmt(d['estimate'])} [{_fmt(d['low'])}, {_fmt(d['high'])}]"
+
+    return (
+        "<h2>Headline: closed loop on held-out games × held-out seeds</h2>"
+        "<table class='headline'><tr><th>arm</th><th>target rate</th>"
+        "<th>success [95 % CI]</th><th>LLM-call share [95 % CI]</th>"
+        f"<th>reaches teacher ({target:.3f})?</th></tr>"
+        + "".join(rows)
+        + "</table><p>CVaR-Brier ÷ entropy share at the teacher's success: "
+        f"<b>{ci('cvar_over_entropy')}</b> (paper: ≤ 0.5); ÷ best single-feature "
+        f"baseline: <b>{ci('cvar_over_best')}</b>. CIs resample whole games.</p>"
+    )
+
+
 def _index(out: Path, summary: dict[str, Any]) -> None:
     chain = summary["chain"]
     ev = summary["evaluate"]
     h = ev["headline"]
+    shipped = summary.get("shipped_table")
     lines = [
         "# r2vcal demo: the R2V recipe on TextWorld, end to end",
         "",
@@ -172,6 +271,14 @@ def _index(out: Path, summary: dict[str, Any]) -> None:
         )
     lines += [
         "",
+        "- shipped table datasets/textworld_r2v: "
+        + (
+            f"{shipped['train_rows']} router steps, {shipped['train_positives']} "
+            f"positives of {shipped['label']}; offline report in shipped/"
+            if shipped
+            else "not found (make dataset-textworld)"
+        ),
+        "",
         "![closed-loop frontier](evaluate/frontier.png)",
         "",
         "Details: [closed loop](evaluate/report.md), "
@@ -183,14 +290,17 @@ def _index(out: Path, summary: dict[str, Any]) -> None:
     items = [html.escape(x[2:]) for x in lines if x.startswith("- ")]
     page = [
         "<!doctype html><html><head><meta charset='utf-8'><title>r2vcal demo</title>",
+        _STYLE,
         "</head><body><h1>r2vcal demo: the R2V recipe on TextWorld</h1>",
+        _headline_table(out / "evaluate" / "closed_loop.csv", ev),
         f"<p>{html.escape(lines[2])}</p><ul>",
         *[f"<li>{x}</li>" for x in items],
         "</ul><img src='evaluate/frontier.png' alt='frontier'>",
         "<img src='evaluate/mixed_reliability.png' alt='mixed reliability'>",
         "<img src='offline/reliability.png' alt='reliability'>",
         "<p><a href='evaluate/report.html'>closed loop</a> · "
-        "<a href='offline/report.html'>offline router report</a></p>",
+        "<a href='offline/report.html'>offline router report</a> · "
+        "<a href='shipped/report.html'>shipped table report</a></p>",
         "</body></html>",
     ]
     (out / "report.html").write_text("\n".join(page))
@@ -216,6 +326,8 @@ def main(cfg: DemoConfig) -> dict[str, Any]:
     t1 = time.perf_counter()
     print("[demo 2/3] offline router report on the test table")
     offline = _offline_report(chain, out / "offline", cfg.n_resamples)
+    print("  and on the shipped table datasets/textworld_r2v")
+    shipped = _shipped_report(out / "shipped", cfg.n_resamples)
     seconds["offline_report"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     print("[demo 3/3] closed-loop evaluation and retraining on mixed trajectories")
@@ -234,6 +346,7 @@ def main(cfg: DemoConfig) -> dict[str, Any]:
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "chain": chain,
         "offline": offline,
+        "shipped_table": shipped,
         "evaluate": ev,
     }
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
