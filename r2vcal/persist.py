@@ -780,7 +780,15 @@ def _read_arrays(
 ) -> dict[str, np.ndarray]:
     try:
         zf = zipfile.ZipFile(io.BytesIO(blob))
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        ValueError,
+        NotImplementedError,  # e.g. a header claiming "zip file version 23.5"
+        RuntimeError,
+    ) as exc:
         raise RouterFileError(
             npath, "<file>", f"not a readable .npz (zip) archive ({exc})"
         ) from None
