@@ -35,7 +35,11 @@ from sklearn.utils.validation import (
 )
 
 from r2vcal.persist import register_persistable
-from r2vcal.router import cost_threshold, encode_binary_target
+from r2vcal.router import (
+    cost_threshold,
+    encode_binary_target,
+    weighted_standardisation,
+)
 
 __all__ = [
     "EntropyRouter",
@@ -312,9 +316,7 @@ class LogisticRouter(_BaseRouter):
         Xv, yv = validate_data(self, X, y, dtype=np.float64)
         y01 = self._fit_target(yv)
         sw = _check_sample_weight(sample_weight, Xv)
-        mean = np.average(Xv, axis=0, weights=sw)
-        scale = np.sqrt(np.average((Xv - mean) ** 2, axis=0, weights=sw))
-        scale[scale < 1e-12] = 1.0
+        mean, scale = weighted_standardisation(Xv, sw)
         lr = LogisticRegression(C=float(self.C), max_iter=int(self.max_iter))
         lr.fit((Xv - mean) / scale, y01, sample_weight=sw)
         u = lr.coef_[0] / scale

@@ -259,7 +259,6 @@ def _fit_and_report(
     from r2vcal.baselines import EntropyRouter
     from r2vcal.report import write_report
 
-    _check_out(out)
     _check_values(df, target, groups, features)
     y = df[target].to_numpy().astype(np.int64)
     split_col = _split_column(df, split_by, groups)
@@ -470,9 +469,10 @@ def _cross_fitted_logistic(
 def _cmd_demo(a: argparse.Namespace) -> int:
     from r2vcal.datasets import load_mmlu_pro_cascade
 
+    out = Path(a.out)
+    _check_out(out)
     data = load_mmlu_pro_cascade(as_frame=True)
     df = data.frame
-    out = Path(a.out)
     print(
         f"demo: MMLU-Pro cascade, {len(df):,} questions, small model "
         "Llama-3.1-8B-Instruct -> big model Llama-3.1-70B-Instruct; groups = the "

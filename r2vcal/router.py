@@ -93,6 +93,17 @@ def encode_binary_target(estimator: Any, y: ArrayLike) -> NDArray[np.float64]:
     return np.asarray(y_enc, dtype=np.float64)
 
 
+def weighted_standardisation(
+    X: NDArray[np.float64], w: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Weighted column means and standard deviations (constant columns: 1)."""
+    mean = (w @ X) / w.sum()
+    var = np.einsum("i,ij,ij->j", w, X, X) / w.sum() - mean**2
+    scale = np.sqrt(np.maximum(var, 0.0))
+    scale[scale < 1e-12] = 1.0
+    return mean, scale
+
+
 def cost_threshold(estimator: Any) -> float:
     """``threshold`` if set, else the Bayes rule (cost_llm - cost_slm) / miss_cost."""
     if estimator.threshold is not None:
@@ -445,19 +456,16 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         self.dual_weight_ = float(self.cvar_weight)  # the objective's weight until fit
         folds = self._calibration_folds(y01, sw, gidx, rng, auto)
         fold_seeds = rng.randint(0, 2**31 - 1, size=int(self.calibration_cv))
-        grid = ALPHA_GRID if auto and folds is not None else (self._fixed_alpha(),)
+        self.alpha_ = 1e-4 if self.alpha == "auto" else float(self.alpha)
         z_oof, objectives = None, []
-        for a in grid:
-            if folds is None:
-                break
-            z = self._out_of_fold_scores(
-                X, y01, sw, gidx, n_groups, hidden, folds, fold_seeds, a
-            )
-            objectives.append(self._objective(expit(z), y01, sw, gidx, n_groups))
-            if objectives[-1] <= min(objectives):
-                z_oof, self.alpha_ = z, float(a)
-        if folds is None:
-            self.alpha_ = float(grid[0])
+        if folds is not None:
+            for a in ALPHA_GRID if auto else (self.alpha_,):
+                z = self._out_of_fold_scores(
+                    X, y01, sw, gidx, n_groups, hidden, folds, fold_seeds, a
+                )
+                objectives.append(self._objective(expit(z), y01, sw, gidx, n_groups))
+                if objectives[-1] <= min(objectives):
+                    z_oof, self.alpha_ = z, float(a)
         self.alpha_objective_ = np.asarray(objectives if auto else [], dtype=float)
         self._fit_scorer(X, y01, sw, gidx, n_groups, hidden, rng)
 
@@ -473,9 +481,6 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         self.cvar_ = exact_cvar(self.group_losses_, self.cvar_tail)
         return self
 
-    def _fixed_alpha(self) -> float:
-        return 1e-4 if self.alpha == "auto" else float(self.alpha)
-
     def _fit_scorer(
         self,
         X: NDArray[np.float64],
@@ -487,10 +492,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         rng: np.random.RandomState,
     ) -> None:
         """Fit the uncalibrated score (linear or MLP) on the given rows."""
-        mean = (sw @ X) / sw.sum()
-        var = np.einsum("i,ij,ij->j", sw, X, X) / sw.sum() - mean**2
-        scale = np.sqrt(np.maximum(var, 0.0))
-        scale[scale < 1e-12] = 1.0
+        mean, scale = weighted_standardisation(X, sw)
         data = _TrainData(X, y01, sw, gidx, n_groups, mean, scale)
         if hidden:
             self._fit_mlp(data, hidden, rng)
@@ -578,7 +580,6 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         z = np.empty(X.shape[0])
         for f, seed in enumerate(seeds):
             test = folds == f
-            # the penalised form (cvar_weight), not the bound: one solve per fold
             sub = clone(self).set_params(verbose=0, alpha=alpha, cvar_bound=None)
             sub.alpha_ = float(alpha)
             train = ~test
@@ -604,7 +605,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
     ) -> float:
         """Weighted Brier + weight x exact CVaR of per-group Brier (no L2)."""
         brier = float(np.dot(sw, (p - y01) ** 2) / sw.sum())
-        lam = float(getattr(self, "dual_weight_", self.cvar_weight))
+        lam = float(self.dual_weight_)
         if lam <= 0:
             return brier
         losses, gw = group_brier(p, y01, sw, gidx, n_groups)
@@ -629,7 +630,13 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
 
         def fit(rows: NDArray[np.bool_]) -> Any:
             return _fit_calibrator(
-                str(self.calibration), z[rows], y01[rows], sw[rows], gidx[rows], self
+                str(self.calibration),
+                z[rows],
+                y01[rows],
+                sw[rows],
+                gidx[rows],
+                n_groups,
+                self,
             )
 
         p_cv = np.empty_like(z)
@@ -956,6 +963,7 @@ def _fit_calibrator(
     y: NDArray[np.float64],
     w: NDArray[np.float64],
     gidx: NDArray[np.intp],
+    n_groups: int,
     router: CVaRBrierRouter,
 ) -> _Calibrator:
     """Fit ``kind`` ("temperature" or "isotonic") to scores ``z``.
@@ -972,7 +980,6 @@ def _fit_calibrator(
             x=np.asarray(iso.X_thresholds_, dtype=np.float64),
             y=np.asarray(iso.y_thresholds_, dtype=np.float64),
         )
-    n_groups = int(gidx.max()) + 1 if gidx.size else 1
 
     def loss(log_t: float) -> float:
         return router._objective(expit(z * np.exp(-log_t)), y, w, gidx, n_groups)

@@ -122,6 +122,7 @@ from r2vcal._serve_state import (
     explicit_id,
 )
 from r2vcal.cascade import BudgetRule, Decision, StepCascade
+from r2vcal.features import topn_entropy
 
 if TYPE_CHECKING:  # pragma: no cover
     import aiohttp
@@ -557,15 +558,12 @@ def _choice_logprobs(choice: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray 
 
 
 def _entropies(top: np.ndarray) -> np.ndarray:
-    """Token entropies from rows of top log-probs (padding is ``-inf``)."""
-    top = np.where(np.isfinite(top), np.minimum(top, 0.0), -np.inf)
-    p = np.exp(top)
-    with np.errstate(invalid="ignore"):
-        plogp = np.where(p > 0, p * top, 0.0).sum(axis=1)
-    residual = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rlogr = np.where(residual > 0, residual * np.log(residual), 0.0)
-    return np.maximum(-plogp - rlogr, 0.0)  # type: ignore[no-any-return]
+    """Token entropies from rows of top log-probs (padding is ``-inf``).
+
+    :func:`r2vcal.features.topn_entropy`, the definition every backend uses;
+    non-finite log-probs count as padding.
+    """
+    return topn_entropy(np.where(np.isfinite(top), top, -np.inf))
 
 
 def _choices_logprobs(
