@@ -197,17 +197,12 @@ def load_mmlu_pro_agreement(
     ((12032, 7), 14)
     """
     _check_flags("load_mmlu_pro_agreement", as_frame, return_X_y, return_groups)
-    folder = get_data_home(data_home) / _AGREE_DIR
-    path = folder / _AGREE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"The mmlu_pro_agreement table was not found at {path}. Set "
-            "R2VCAL_DATA (or data_home) to the folder holding "
-            "'mmlu_pro_agreement/', or rebuild it with "
-            "'python datasets/mmlu_pro_agreement/build.py'."
-        )
-    frame = pd.read_parquet(path)
-    sheet = folder / "DATASHEET.md"
+    frame, descr = _read_shipped(
+        _AGREE_DIR,
+        _AGREE_FILE,
+        "python datasets/mmlu_pro_agreement/build.py",
+        data_home,
+    )
     return _bunch(
         frame,
         list(_AGREE_FEATURES),
@@ -215,7 +210,7 @@ def load_mmlu_pro_agreement(
         group="category",
         slm="slm_correct",
         llm="llm_correct",
-        descr=sheet.read_text(encoding="utf-8") if sheet.is_file() else "",
+        descr=descr,
         as_frame=as_frame,
         return_X_y=return_X_y,
         return_groups=return_groups,
@@ -338,40 +333,17 @@ def load_textworld_tiny(
     >>> ds.data.shape[1], ds.feature_names[0]
     (18, 'entropy_mean')
     """
-    from r2vcal.features import FEATURE_NAMES
-
-    _check_flags("load_textworld_tiny", as_frame, return_X_y, return_groups)
-    if subset not in _TW_FILES:
-        raise ValueError(
-            "The 'subset' parameter of load_textworld_tiny must be a str among "
-            f"{set(_TW_FILES)}. Got {subset!r} instead."
-        )
-    if target not in _TW_TARGETS:
-        raise ValueError(
-            "The 'target' parameter of load_textworld_tiny must be a str among "
-            f"{set(_TW_TARGETS)}. Got {target!r} instead."
-        )
-    folder = get_data_home(data_home) / _TW_DIR
-    path = folder / _TW_FILES[subset]
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"The textworld_tiny table was not found at {path}. Set R2VCAL_DATA "
-            "(or data_home) to the folder holding 'textworld_tiny/', or rebuild "
-            "it with 'python -m pipelines.demo --ship datasets/textworld_tiny'."
-        )
-    frame = pd.read_parquet(path)
-    sheet = folder / "DATASHEET.md"
-    return _bunch(
-        frame,
-        list(FEATURE_NAMES),
+    return _load_textworld(
+        "load_textworld_tiny",
+        _TW_DIR,
+        _TW_FILES,
+        "python -m pipelines.demo --ship datasets/textworld_tiny",
+        subset=subset,
         target=target,
-        group="seed",
-        slm="slm_step_success",
-        llm="llm_step_success",
-        descr=sheet.read_text(encoding="utf-8") if sheet.is_file() else "",
         as_frame=as_frame,
         return_X_y=return_X_y,
         return_groups=return_groups,
+        data_home=data_home,
     )
 
 
@@ -425,29 +397,65 @@ def load_textworld_r2v(
     >>> ds.data.shape[1], len(set(ds.groups)) >= 5
     (18, True)
     """
-    from r2vcal.features import FEATURE_NAMES
+    return _load_textworld(
+        "load_textworld_r2v",
+        _TWR_DIR,
+        _TWR_FILES,
+        "make dataset-textworld",
+        subset=subset,
+        target=target,
+        as_frame=as_frame,
+        return_X_y=return_X_y,
+        return_groups=return_groups,
+        data_home=data_home,
+    )
 
-    _check_flags("load_textworld_r2v", as_frame, return_X_y, return_groups)
-    if subset not in _TWR_FILES:
-        raise ValueError(
-            "The 'subset' parameter of load_textworld_r2v must be a str among "
-            f"{set(_TWR_FILES)}. Got {subset!r} instead."
-        )
-    if target not in _TW_TARGETS:
-        raise ValueError(
-            "The 'target' parameter of load_textworld_r2v must be a str among "
-            f"{set(_TW_TARGETS)}. Got {target!r} instead."
-        )
-    folder = get_data_home(data_home) / _TWR_DIR
-    path = folder / _TWR_FILES[subset]
+
+def _read_shipped(
+    dirname: str, filename: str, rebuild: str, data_home: Any
+) -> tuple[pd.DataFrame, str]:
+    """A shipped table and its datasheet text, or a FileNotFoundError saying
+    where it was looked for and how to rebuild it."""
+    folder = get_data_home(data_home) / dirname
+    path = folder / filename
     if not path.is_file():
         raise FileNotFoundError(
-            f"The textworld_r2v table was not found at {path}. Set R2VCAL_DATA "
-            "(or data_home) to the folder holding 'textworld_r2v/', or rebuild "
-            "it with 'make dataset-textworld'."
+            f"The {dirname} table was not found at {path}. Set R2VCAL_DATA "
+            f"(or data_home) to the folder holding '{dirname}/', or rebuild "
+            f"it with '{rebuild}'."
         )
-    frame = pd.read_parquet(path)
     sheet = folder / "DATASHEET.md"
+    descr = sheet.read_text(encoding="utf-8") if sheet.is_file() else ""
+    return pd.read_parquet(path), descr
+
+
+def _load_textworld(
+    caller: str,
+    dirname: str,
+    files: dict[str, str],
+    rebuild: str,
+    *,
+    subset: str,
+    target: str,
+    as_frame: bool,
+    return_X_y: bool,
+    return_groups: bool,
+    data_home: Any,
+) -> Any:
+    """The shared body of the TextWorld loaders (same columns, groups = seeds)."""
+    from r2vcal.features import FEATURE_NAMES
+
+    _check_flags(caller, as_frame, return_X_y, return_groups)
+    for name, value, allowed in (
+        ("subset", subset, tuple(files)),
+        ("target", target, _TW_TARGETS),
+    ):
+        if value not in allowed:
+            raise ValueError(
+                f"The '{name}' parameter of {caller} must be a str among "
+                f"{set(allowed)}. Got {value!r} instead."
+            )
+    frame, descr = _read_shipped(dirname, files[subset], rebuild, data_home)
     return _bunch(
         frame,
         list(FEATURE_NAMES),
@@ -455,7 +463,7 @@ def load_textworld_r2v(
         group="seed",
         slm="slm_step_success",
         llm="llm_step_success",
-        descr=sheet.read_text(encoding="utf-8") if sheet.is_file() else "",
+        descr=descr,
         as_frame=as_frame,
         return_X_y=return_X_y,
         return_groups=return_groups,
