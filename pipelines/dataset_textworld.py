@@ -19,13 +19,21 @@ About 30-40 minutes on two CPU cores (games are generated once and cached).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PRESET", "DatasetConfig", "main", "make_parser", "table_stats"]
+__all__ = [
+    "PRESET",
+    "DatasetConfig",
+    "fingerprints",
+    "main",
+    "make_parser",
+    "table_stats",
+]
 
 #: :class:`pipelines.run.RunConfig` fields of the dataset build.
 PRESET: dict[str, Any] = {
@@ -85,6 +93,24 @@ def table_stats(table: Any) -> dict[str, Any]:
     return out
 
 
+def fingerprints(slm: str | Path, verifier: str | Path) -> dict[str, str]:
+    """SHA-256 of the SLM's weights and of the verifier's head.
+
+    The shipped tables describe one SLM and one verifier; a chain that trains
+    byte-identical ones (same preset, deterministic training) can run them in
+    closed loop against routers fitted on the shipped tables
+    (:mod:`pipelines.demo`).
+    """
+    return {
+        "slm_sha256": hashlib.sha256(
+            (Path(slm) / "model.safetensors").read_bytes()
+        ).hexdigest(),
+        "verifier_sha256": hashlib.sha256(
+            (Path(verifier) / "verifier.json").read_bytes()
+        ).hexdigest(),
+    }
+
+
 def main(cfg: DatasetConfig) -> dict[str, Any]:
     """Run the chain with :data:`PRESET` and ship its tables."""
     import pandas as pd
@@ -103,6 +129,7 @@ def main(cfg: DatasetConfig) -> dict[str, Any]:
         "router": table_stats(pd.read_parquet(art["router_table"])),
         "test": table_stats(pd.read_parquet(art["test_table"])),
         "preset": PRESET,
+        **fingerprints(art["slm"], art["verifier"]),
     }
     if cfg.ship:
         dest = Path(cfg.ship)

@@ -44,7 +44,15 @@ class DemoConfig:
     n_jobs : int
         Workers of the chain's parallel stages.
     dagger_rounds : int
-        Mixed-trajectory retraining rounds of the evaluation.
+        Mixed-trajectory retraining rounds of the evaluation (0: none; each
+        round plays labelled episodes on every router-table game).
+    n_test_games : int
+        Held-out test games of the closed loop (× the run's 3 test seeds).
+    shipped : bool
+        Run the closed loop on the shipped table's SLM: the chain's BC model,
+        which the dataset preset trains byte for byte (checked by SHA-256),
+        with routers fitted on ``datasets/textworld_r2v``'s 2,784-step router
+        table. False: the chain's own SLM and small router table.
     n_resamples : int
         Bootstrap resamples of the reports.
     ship : str or None
@@ -55,7 +63,9 @@ class DemoConfig:
 
     out: str = "runs/demo"
     n_jobs: int = 1
-    dagger_rounds: int = 1
+    dagger_rounds: int = 0
+    n_test_games: int = 20
+    shipped: bool = True
     n_resamples: int = 500
     ship: str | None = None
     reuse_chain: bool = False
@@ -150,6 +160,61 @@ def _table_report(
         "train_positive_rate": float(y.mean()),
         "test_rows": len(test),
         "test_positive_rate": float(test[label].mean()),
+    }
+
+
+def _closed_loop_setup(chain: dict[str, Any]) -> dict[str, Any] | None:
+    """The shipped table's SLM and router table for the closed loop (or None).
+
+    ``datasets/textworld_r2v`` was rolled out by the BC model of its preset;
+    the demo's chain trains the same model (same games, seeds and settings),
+    so the closed loop runs that model with routers fitted on the shipped
+    2,784-step table. The SHA-256 check says whether the two are identical on
+    this machine (floating-point differences across CPUs can change the last
+    bits; the report says so when they do).
+    """
+    from pipelines.dataset_textworld import fingerprints
+    from r2vcal.datasets import get_data_home
+
+    folder = get_data_home() / "textworld_r2v"
+    table = folder / "textworld_r2v_router.parquet"
+    if not table.is_file():
+        print(f"  {table} not found: closed loop on the chain's own router table")
+        return None
+    art = chain["artifacts"]
+    stats = json.loads((folder / "stats.json").read_text())
+    mine = fingerprints(art["bc"], art["verifier"])
+    same = {k: mine[k] == stats.get(k) for k in mine}
+    if not all(same.values()):
+        print(
+            "  WARNING: the chain's BC SLM or verifier differs from the shipped "
+            f"table's ({same}); routers are fitted on another model's features"
+        )
+    return {
+        "slm": art["bc"],
+        "router_table": str(table),
+        "test_table": str(folder / "textworld_r2v_test.parquet"),
+        "identical_to_shipped": same,
+    }
+
+
+def _agreement(episodes_csv: Path, setup: dict[str, Any]) -> dict[str, Any]:
+    """SLM-only outcomes in closed loop vs the shipped test table's, per episode."""
+    import pandas as pd
+
+    eps = pd.read_csv(episodes_csv)
+    mine = eps[eps["router"] == "slm_only"].set_index(["task_id", "seed"])["success"]
+    ref = (
+        pd.read_parquet(setup["test_table"])
+        .groupby(["task_id", "seed"])["slm_success"]
+        .first()
+    )
+    common = mine.index.intersection(ref.index)
+    return {
+        "slm_only_episodes_compared": len(common),
+        "slm_only_outcomes_agree": int(
+            (mine[common].astype(bool) == ref[common].astype(bool)).sum()
+        ),
     }
 
 
@@ -261,6 +326,21 @@ def _index(out: Path, summary: dict[str, Any]) -> None:
         + "; CVaR-Brier ÷ entropy "
         + _fmt(h["at_entropy_best"]["cvar_over_entropy_share"]),
     ]
+    setup = ev.get("setup")
+    if setup:
+        same = all(setup["identical_to_shipped"].values())
+        lines.append(
+            "- closed-loop SLM: the chain's BC model "
+            + (
+                "(byte-identical to the shipped table's SLM and verifier)"
+                if same
+                else "(**differs** from the shipped table's SLM or verifier on "
+                "this machine: routers were fitted on another model's features)"
+            )
+            + "; routers fitted on the shipped router table; SLM-only outcomes "
+            f"agree with the shipped test table on {setup['slm_only_outcomes_agree']}"
+            f"/{setup['slm_only_episodes_compared']} episodes"
+        )
     if "mixed" in ev:
         m = ev["mixed"]
         lines.append(
@@ -330,15 +410,26 @@ def main(cfg: DemoConfig) -> dict[str, Any]:
     shipped = _shipped_report(out / "shipped", cfg.n_resamples)
     seconds["offline_report"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    print("[demo 3/3] closed-loop evaluation and retraining on mixed trajectories")
+    setup = _closed_loop_setup(chain) if cfg.shipped else None
+    print(
+        f"[demo 3/3] closed loop on {cfg.n_test_games} held-out games × "
+        f"{len(chain['test_seeds'])} seeds"
+        + (": the shipped table's SLM and router table" if setup else "")
+    )
     ev = evaluate.main(
         evaluate.EvaluateConfig(
             run=str(out / "chain"),
             out=str(out / "evaluate"),
+            slm=setup["slm"] if setup else None,
+            router_table=setup["router_table"] if setup else None,
+            n_test_tasks=cfg.n_test_games,
             dagger_rounds=cfg.dagger_rounds,
             n_resamples=cfg.n_resamples,
         )
     )
+    if setup:
+        setup.update(_agreement(out / "evaluate" / "episodes.csv", setup))
+        ev["setup"] = setup
     seconds["evaluate"] = time.perf_counter() - t2
     seconds["total"] = time.perf_counter() - t0
     summary = {
@@ -373,6 +464,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     p.add_argument("--n-jobs", type=int, default=None)
     p.add_argument("--dagger-rounds", type=int, default=None)
+    p.add_argument("--n-test-games", type=int, default=None)
+    p.add_argument(
+        "--no-shipped",
+        dest="shipped",
+        action="store_false",
+        default=None,
+        help="closed loop on the chain's own SLM and router table",
+    )
     p.add_argument("--n-resamples", type=int, default=None)
     p.add_argument("--ship", default=None)
     p.add_argument("--reuse-chain", action="store_true", default=None)

@@ -61,6 +61,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.envs import MemoEnv
+
 __all__ = [
     "ClosedLoop",
     "EvaluateConfig",
@@ -72,7 +74,7 @@ __all__ = [
     "resolve_label",
 ]
 
-_DEFAULT_RATES = (0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
+_DEFAULT_RATES = (0.1, 0.2, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass
@@ -100,7 +102,9 @@ class EvaluateConfig:
     test_seeds : list of int, optional
         Perturbation seeds of the test episodes (default: the run's).
     n_test_tasks : int, optional
-        Use only the first tasks of the test split.
+        The first ``n_test_tasks`` games of the test split; more than the
+        run's test split holds extends it (TextWorld generates the extra games
+        from the same game-seed range, still disjoint from every other split).
     rates : list of float
         Target escalation shares that set each router's thresholds.
     success_tolerance : float
@@ -165,7 +169,7 @@ class ClosedLoop:
         prompt_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.agent = agent
-        self.env = make_env()
+        self.env = MemoEnv(make_env())
         self._dirty = False
         self.prompt_kwargs = dict(prompt_kwargs or {})
         self.horizon = int(self.env.max_steps)
@@ -794,7 +798,11 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     out = Path(cfg.out or Path(cfg.run) / "evaluate")
     out.mkdir(parents=True, exist_ok=True)
     env_name = run.get("env", "textworld")
-    env_kwargs = run["env_kwargs"]
+    env_kwargs = dict(run["env_kwargs"])
+    if cfg.n_test_tasks is not None and "n_games" in env_kwargs:
+        n_games = dict(env_kwargs["n_games"])
+        n_games["test"] = max(int(n_games.get("test", 0)), int(cfg.n_test_tasks))
+        env_kwargs["n_games"] = n_games
     ops = [
         op
         for fam in run.get("families", ["all"])
@@ -844,6 +852,9 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
             threshold=threshold,
             budget=budget,
             horizon=loop.horizon,
+            # Execute what the rollouts executed: the scoring agent's top
+            # command ("logprob") or the verifier's pick (free generation).
+            select=getattr(agent, "select", "verifier"),
             **costs,
         )
 
@@ -1105,6 +1116,27 @@ def _ratio_lines(h: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _low_budget_lines(res: pd.DataFrame) -> list[str]:
+    """Success of every router at the two smallest target rates (with CIs).
+
+    The other end of the frontier from the headline ratio: which router buys
+    the most success with few teacher calls.
+    """
+    routed = res[res["threshold_rate"].notna()]
+    lines = []
+    for rate in sorted(routed["threshold_rate"].unique())[:2]:
+        at = routed[routed["threshold_rate"] == rate]
+        lines.append(
+            f"- at target rate {rate:.2f}, success [95% CI] (realised share): "
+            + ", ".join(
+                f"{r.router} {r.success:.3f} [{r.success_low:.3f}, "
+                f"{r.success_high:.3f}] ({r.llm_share:.3f})"
+                for r in at.itertuples()
+            )
+        )
+    return lines
+
+
 def write_markdown(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Path:
     """``report.md`` and ``report.html`` of the closed-loop results."""
     h = summary["headline"]
@@ -1128,6 +1160,7 @@ def write_markdown(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Pat
         + "; CVaR-Brier ÷ entropy "
         + _fmt(h["at_entropy_best"]["cvar_over_entropy_share"]),
         *_ratio_lines(h),
+        *_low_budget_lines(res),
         "",
         "![frontier](frontier.png)",
         "",

@@ -69,6 +69,7 @@ __all__ = [
 
 _SPLIT_NAMES = {"train": "train", "validation": "val", "test": "test"}
 _AGENTS: dict[tuple[Any, ...], Any] = {}
+_ENVS: dict[str, Any] = {}
 
 #: How the SLM proposes its ``k`` candidates: free generation (sampling) or
 #: scoring the environment's admissible commands (:mod:`pipelines.scoring`).
@@ -249,12 +250,26 @@ def _get_agent(cfg: dict[str, Any]) -> Any:
 
 
 def _make_env(cfg: dict[str, Any]) -> Any:
-    from pipelines.collect import _get_env
+    """The perturbed environment of ``cfg``, memoised (one per process and setting).
+
+    Counterfactual branches replay prefixes that earlier episodes played:
+    :class:`pipelines.envs.MemoEnv` serves those transitions from memory.
+    """
+    from pipelines.envs import MemoEnv, make_env
     from pipelines.perturb import PerturbedEnv, make_family
 
-    base = _get_env(cfg["env"], cfg["env_kwargs"])
-    ops = [op for fam in cfg["families"] for op in make_family(fam, cfg["rate"])]
-    return PerturbedEnv(base, ops, max_steps=cfg["max_steps"])
+    key = json.dumps(
+        [cfg["env"], cfg["env_kwargs"], cfg["families"], cfg["rate"], cfg["max_steps"]],
+        sort_keys=True,
+        default=str,
+    )
+    if key not in _ENVS:
+        _ENVS.clear()
+        # Its own environment: nothing else may move it behind MemoEnv's back.
+        base = make_env(cfg["env"], **cfg["env_kwargs"])
+        ops = [op for fam in cfg["families"] for op in make_family(fam, cfg["rate"])]
+        _ENVS[key] = MemoEnv(PerturbedEnv(base, ops, max_steps=cfg["max_steps"]))
+    return _ENVS[key]
 
 
 def play_episode(

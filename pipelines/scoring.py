@@ -36,12 +36,10 @@ from typing import Any
 import numpy as np
 
 from pipelines.policies import Candidate
+from r2vcal.cascade import SELECT_RULES
 from r2vcal.features import ENTROPY_TOP_N, topn_entropy
 
 __all__ = ["SELECT_RULES", "AdmissibleScoringPolicy", "ScoringAgent"]
-
-#: How :class:`ScoringAgent` picks the executed candidate among the ``k``.
-SELECT_RULES = frozenset({"logprob", "verifier"})
 
 
 class AdmissibleScoringPolicy:
@@ -142,12 +140,12 @@ class AdmissibleScoringPolicy:
                 for i, c in enumerate(chunk):
                     ids[i, : len(c)] = torch.tensor(c)
                     mask[i, len(p) : len(p) + len(c)] = 1
-                cache = copy.deepcopy(pre.past_key_values)
+                cache = copy.deepcopy(pre.cache)
                 cache.batch_repeat_interleave(len(chunk))
                 logits = self.model(
                     input_ids=ids.to(self.device),
                     attention_mask=mask.to(self.device),
-                    past_key_values=cache,
+                    cache=cache,
                     use_cache=True,
                 ).logits.float()
                 # position j predicts token j + 1; the prompt's last logit, token 0

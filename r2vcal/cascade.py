@@ -5,8 +5,9 @@ candidate actions from the small model, scores them with the process verifier,
 turns them into the router's features (:class:`~r2vcal.features.CandidateFeaturizer`),
 and asks the router for the probability that the small model's step leads to
 failure. The step goes to the teacher only when that risk reaches the threshold
-*and* the episode's LLM budget allows; otherwise the verifier's best candidate is
-executed. Every call returns a :class:`Decision` (probability, threshold,
+*and* the episode's LLM budget allows; otherwise the SLM's best candidate is
+executed (the verifier's pick by default, or the SLM's most likely sequence with
+``select="logprob"``). Every call returns a :class:`Decision` (probability, threshold,
 features, who acted, cost), and the decisions form a log with the feature
 columns of :mod:`r2vcal.schema`, so the steps taken *with the router in the loop*
 can retrain it (DESIGN §1).
@@ -46,6 +47,7 @@ import pandas as pd
 from r2vcal.features import FEATURE_NAMES, CandidateFeaturizer, StepBatch
 
 __all__ = [
+    "SELECT_RULES",
     "BudgetRule",
     "Decision",
     "FixedBudget",
@@ -54,6 +56,9 @@ __all__ = [
 ]
 
 _NO_ESCALATION = math.inf
+
+#: Rules for the executed candidate of a step that is not escalated.
+SELECT_RULES = frozenset({"verifier", "logprob"})
 
 
 class BudgetRule(Protocol):
@@ -336,6 +341,12 @@ class StepCascade:
         and flushed, so nothing is lost if the agent crashes).
     featurizer : CandidateFeaturizer, default=None
         Defaults to ``CandidateFeaturizer()``.
+    select : {"verifier", "logprob"}, default="verifier"
+        Which candidate the SLM executes when the step is not escalated:
+        ``"verifier"`` takes the best verifier score (the mean token log-prob
+        without a verifier); ``"logprob"`` takes the SLM's most likely sequence
+        (the largest sum of token log-probs; the first on ties), i.e. the agent
+        the router table was rolled out with when it executes its top choice.
 
     Attributes
     ----------
@@ -377,7 +388,14 @@ class StepCascade:
         on_teacher_error: str = "raise",
         log_path: str | Path | None = None,
         featurizer: CandidateFeaturizer | None = None,
+        select: str = "verifier",
     ) -> None:
+        if select not in SELECT_RULES:
+            raise ValueError(
+                "The 'select' parameter of StepCascade must be a str among "
+                f"{set(sorted(SELECT_RULES))}. Got {select!r} instead."
+            )
+        self.select = select
         self._slm = _as_call(slm, "propose", "slm")
         self._teacher = _as_call(teacher, "__call__", "teacher")
         self._verifier = (
@@ -587,6 +605,8 @@ class StepCascade:
                     f"verifier_scores has {len(scores)} values; expected k={self.k}."
                 )
             rank = np.asarray(scores)
+        if self.select == "logprob":
+            rank = np.array([lp.sum() for lp in lps])
         chosen = int(np.argmax(rank))
         if context_length is None:
             context_length = float(len(str(context).split()))

@@ -1,8 +1,9 @@
 """Benchmark environments behind one small protocol (:class:`Env`)."""
 
 from pipelines.envs.base import INFO_KEYS, Env, base_info
+from pipelines.envs.memo import MemoEnv
 
-__all__ = ["INFO_KEYS", "Env", "base_info", "make_env"]
+__all__ = ["INFO_KEYS", "Env", "MemoEnv", "base_info", "make_env"]
 
 
 def make_env(name: str, **kwargs):

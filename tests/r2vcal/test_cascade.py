@@ -289,3 +289,25 @@ def test_concurrent_episodes_keep_their_own_steps(router):
     assert steps == [[0, 1, 2, 3, 4]] * 16
     frame = cascade.to_frame()
     assert (frame.groupby("episode_id")["escalated"].sum() == 2).all()
+
+
+def test_select_logprob_executes_the_slms_most_likely_candidate(router):
+    # The verifier prefers candidate 0; the SLM's most likely sequence (the
+    # largest sum of token log-probs) is candidate 2.
+    def slm(context, k):
+        sums = [-3.0, -2.0, -0.5, -4.0]
+        return [(f"c{i}", [s / 2, s / 2]) for i, s in enumerate(sums[:k])]
+
+    def verifier(context, texts):
+        return [0.9, 0.1, 0.2, 0.3][: len(texts)]
+
+    picks = {}
+    for select in ("verifier", "logprob"):
+        cascade = StepCascade(
+            slm, Teacher(), router, verifier=verifier, k=K, threshold=1.0, select=select
+        )
+        d = cascade.act("ctx")
+        picks[select] = (d.chosen, d.action)
+    assert picks == {"verifier": (0, "c0"), "logprob": (2, "c2")}
+    with pytest.raises(ValueError, match="'select' parameter of StepCascade"):
+        StepCascade(slm, Teacher(), router, k=K, threshold=0.5, select="best")
