@@ -42,12 +42,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
-from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipelines._cli import config_from_args
+from pipelines.prompting import (
+    ACTION_CUE,
+    HISTORY_CUE,
+    PROMPT_DEFAULTS,
+    clean_text,
+    format_prompt,
+    prompt_kwargs_of,
+)
+from pipelines.trajectories import build_examples, read_trajectories
 
 __all__ = [
     "ACTION_CUE",
@@ -56,210 +65,13 @@ __all__ = [
     "BCConfig",
     "build_examples",
     "clean_text",
+    "config_from_args",
     "format_prompt",
     "main",
     "make_parser",
     "prompt_kwargs_of",
     "read_trajectories",
 ]
-
-#: The line that ends every prompt; the completion starts after it.
-ACTION_CUE = "Action:"
-#: The line listing the agent's earlier actions starts with this.
-HISTORY_CUE = "Done:"
-#: Defaults of :func:`format_prompt` (and of every config's prompt fields).
-PROMPT_DEFAULTS: dict[str, Any] = {
-    "n_turns": 1,
-    "n_actions": 20,
-    "max_goal_chars": 700,
-    "max_obs_chars": 120,
-    "drop_prompt_lines": True,
-}
-_SPACES = re.compile(r"[ \t]+")
-_BLANKS = re.compile(r"\n\s*\n+")
-
-
-def clean_text(text: str, max_chars: int | None = None) -> str:
-    """Collapse runs of spaces and blank lines; cut to ``max_chars``.
-
-    Parameters
-    ----------
-    text : str
-    max_chars : int, optional
-        Keep at most this many characters (from the start).
-
-    Returns
-    -------
-    str
-
-    Examples
-    --------
-    >>> clean_text("You open it.\\n\\n\\n>      -= Bedroom =-")
-    'You open it.\\n> -= Bedroom =-'
-    """
-    out = _BLANKS.sub("\n", _SPACES.sub(" ", str(text))).strip()
-    out = "\n".join(line.strip() for line in out.split("\n"))
-    if max_chars is not None and len(out) > max_chars:
-        out = out[:max_chars]
-    return out
-
-
-def _clean_obs(text: str, max_chars: int | None, drop_prompt_lines: bool) -> str:
-    if drop_prompt_lines:
-        text = "\n".join(
-            ln for ln in str(text).split("\n") if not ln.lstrip().startswith(">")
-        )
-    return clean_text(text, max_chars)
-
-
-def format_prompt(
-    initial_observation: str,
-    history: Sequence[tuple[str, str]] = (),
-    *,
-    n_turns: int = PROMPT_DEFAULTS["n_turns"],
-    n_actions: int = PROMPT_DEFAULTS["n_actions"],
-    max_goal_chars: int = PROMPT_DEFAULTS["max_goal_chars"],
-    max_obs_chars: int = PROMPT_DEFAULTS["max_obs_chars"],
-    drop_prompt_lines: bool = PROMPT_DEFAULTS["drop_prompt_lines"],
-) -> str:
-    """The SLM prompt at a step (template in the module docstring).
-
-    Parameters
-    ----------
-    initial_observation : str
-        What ``reset`` returned (goal and first room).
-    history : sequence of (action, observation)
-        The turns so far, oldest first.
-    n_turns : int, default=1
-        How many of the last turns to show in full.
-    n_actions : int, default=20
-        How many of the earlier actions (before the turns shown in full) to
-        list on the :data:`HISTORY_CUE` line; ``0`` leaves the line out.
-    max_goal_chars, max_obs_chars : int, default=700, 120
-        Character budgets of the first observation and of each later one.
-    drop_prompt_lines : bool, default=True
-        Drop observation lines starting with ``">"`` (TextWorld's command
-        prompt and status bar).
-
-    Returns
-    -------
-    str
-        Ends with :data:`ACTION_CUE`; the action follows after a space.
-
-    Examples
-    --------
-    >>> hist = [("open box", "You open it.\\n>  -= Hall =-  1/3"), ("go east", "A hall.")]
-    >>> print(format_prompt("Find the key.", hist))
-    Find the key.
-    Done: open box
-    > go east
-    A hall.
-    Action:
-    """
-    if n_turns < 0:
-        raise ValueError(f"n_turns must be >= 0; got {n_turns!r}.")
-    if n_actions < 0:
-        raise ValueError(f"n_actions must be >= 0; got {n_actions!r}.")
-    hist = list(history)
-    shown = hist[-n_turns:] if n_turns else []
-    earlier = hist[: len(hist) - len(shown)]
-    parts = [_clean_obs(initial_observation, max_goal_chars, drop_prompt_lines)]
-    if n_actions and earlier:
-        acts = [clean_text(a) for a, _ in earlier[-n_actions:]]
-        parts.append(f"{HISTORY_CUE} " + "; ".join(acts))
-    for action, obs in shown:
-        parts.append(f"> {clean_text(action)}")
-        parts.append(_clean_obs(obs, max_obs_chars, drop_prompt_lines))
-    parts.append(ACTION_CUE)
-    return "\n".join(p for p in parts if p)
-
-
-def prompt_kwargs_of(cfg: Any) -> dict[str, Any]:
-    """The :func:`format_prompt` keyword arguments held by a config object.
-
-    Parameters
-    ----------
-    cfg : dataclass or dict
-        Any config with the fields of :data:`PROMPT_DEFAULTS`.
-
-    Returns
-    -------
-    dict
-    """
-    get = cfg.get if isinstance(cfg, dict) else lambda k, d: getattr(cfg, k, d)
-    return {k: get(k, v) for k, v in PROMPT_DEFAULTS.items()}
-
-
-def read_trajectories(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Load :mod:`pipelines.collect` records from one or more JSONL files.
-
-    Parameters
-    ----------
-    paths : path or iterable of paths
-
-    Returns
-    -------
-    list of dict
-    """
-    from pipelines.collect import load_records
-
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    records: list[dict[str, Any]] = []
-    for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(
-                f"trajectories file {str(p)!r} does not exist; create it with "
-                "`python -m pipelines.collect --out ...`."
-            )
-        records += load_records(p)
-    if not records:
-        raise ValueError(f"no trajectory records found in {list(map(str, paths))}.")
-    return records
-
-
-def build_examples(
-    records: Iterable[dict[str, Any]],
-    *,
-    only_successful: bool = True,
-    **prompt_kwargs: Any,
-) -> list[dict[str, Any]]:
-    """Prompt-completion examples, one per teacher step.
-
-    Parameters
-    ----------
-    records : iterable of dict
-        Trajectory records (``r2vcal.trajectory/v1``).
-    only_successful : bool, default=True
-        Skip episodes the teacher did not win.
-    **prompt_kwargs
-        Passed to :func:`format_prompt` (``n_turns``, ``n_actions``, ...).
-
-    Returns
-    -------
-    list of dict
-        Keys ``prompt``, ``completion`` (``" " + action``), ``task``,
-        ``seed``, ``t`` (1-based step), ``action``.
-    """
-    out = []
-    for rec in records:
-        if only_successful and not rec.get("success", False):
-            continue
-        history: list[tuple[str, str]] = []
-        for s in rec["steps"]:
-            prompt = format_prompt(rec["initial_observation"], history, **prompt_kwargs)
-            out.append(
-                {
-                    "prompt": prompt,
-                    "completion": " " + s["action"].strip(),
-                    "task": rec["task"],
-                    "seed": int(rec["seed"]),
-                    "t": int(s["t"]),
-                    "action": s["action"].strip(),
-                }
-            )
-            history.append((s["action"], s["observation"]))
-    return out
 
 
 @dataclass
@@ -485,11 +297,6 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-ratio", type=float, default=None)
     p.add_argument("--all-episodes", dest="only_successful", action="store_false")
     return p
-
-
-def config_from_args(args: argparse.Namespace, cls: type) -> Any:
-    """Build a config dataclass from parsed args, skipping unset (``None``) ones."""
-    return cls(**{k: v for k, v in vars(args).items() if v is not None})
 
 
 if __name__ == "__main__":

@@ -54,9 +54,9 @@ class CheckHumanEvalConfig:
 def _check_one(
     problem: Any, cache_dir: str | None, allow_weak_isolation: bool = False
 ) -> dict[str, Any]:
-    from pipelines.envs.humaneval import _default_sandbox, evaluate_solution
+    from pipelines.envs.humaneval import default_sandbox, evaluate_solution
 
-    sb = _default_sandbox()
+    sb = default_sandbox()
     sb.allow_weak_isolation = allow_weak_isolation
     program = problem.prompt + problem.canonical_solution
     kw: dict[str, Any] = {"cache_dir": cache_dir, "sandbox": sb}
@@ -85,7 +85,7 @@ def main(cfg: CheckHumanEvalConfig) -> dict[str, Any]:
     """
     from joblib import Parallel, delayed
 
-    from pipelines.envs.humaneval import _default_sandbox, load_problems
+    from pipelines.envs.humaneval import default_sandbox, load_problems
 
     problems = load_problems(cfg.data_path)
     if cfg.limit is not None:
@@ -95,7 +95,7 @@ def main(cfg: CheckHumanEvalConfig) -> dict[str, Any]:
         delayed(_check_one)(p, cfg.cache_dir, cfg.allow_weak_isolation)
         for p in problems
     )
-    sb = _default_sandbox()
+    sb = default_sandbox()
     sb.allow_weak_isolation = cfg.allow_weak_isolation
     summary = {
         "n": len(rows),

@@ -48,17 +48,26 @@ Parallelism uses :class:`joblib.Parallel` with a configurable backend
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from pipelines.envs import perturbed, shared_env
+from pipelines.trajectories import (
+    SCHEMA,
+    SUFFIX,
+    OutputLockedError,
+    check_output_path,
+    load_records,
+    locked_output,
+    repair_torn_line,
+    scan_records,
+)
 
 __all__ = [
     "SCHEMA",
@@ -71,17 +80,7 @@ __all__ = [
     "make_parser",
 ]
 
-SCHEMA = "r2vcal.trajectory/v1"
-#: The only file suffix collection writes to.
-SUFFIX = ".jsonl"
-_ENVS: dict[str, Any] = {}
-# every record line starts with this (``schema`` is the record's first key)
-_PREFIX = json.dumps({"schema": SCHEMA})[:-1].encode()
 _WATCHDOG: list[int] = []
-
-
-class OutputLockedError(RuntimeError):
-    """Another collection run holds the lock on the output file."""
 
 
 @dataclass
@@ -141,15 +140,6 @@ def _episode_key(env: str, task: str, seed: int) -> str:
     return f"{env}|{task}|{seed}"
 
 
-def _get_env(name: str, env_kwargs: dict[str, Any]) -> Any:
-    from pipelines.envs import make_env
-
-    key = name + json.dumps(env_kwargs, sort_keys=True, default=str)
-    if key not in _ENVS:
-        _ENVS[key] = make_env(name, **env_kwargs)
-    return _ENVS[key]
-
-
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -177,15 +167,13 @@ def collect_episode(cfg: dict[str, Any], task: str, seed: int) -> dict[str, Any]
     dict
         One record of the schema in the module docstring.
     """
-    from pipelines.perturb import PerturbedEnv, make_family
     from pipelines.policies import ExpertPolicy
 
     if "parent_pid" in cfg:
         _end_with_parent(int(cfg["parent_pid"]))
     start = time.perf_counter()
-    base = _get_env(cfg["env"], cfg["env_kwargs"])
-    ops = [op for fam in cfg["families"] for op in make_family(fam, cfg["rate"])]
-    env = PerturbedEnv(base, ops, max_steps=cfg["max_steps"])
+    base = shared_env(cfg["env"], cfg["env_kwargs"])
+    env = perturbed(base, cfg["families"], cfg["rate"], step_limit=cfg["max_steps"])
     obs0 = env.reset(task, seed)
     policy = ExpertPolicy(env, noise_rate=cfg["noise_rate"], seed=seed)
     steps = []
@@ -209,7 +197,7 @@ def collect_episode(cfg: dict[str, Any], task: str, seed: int) -> dict[str, Any]
         "env": cfg["env"],
         "task": task,
         "seed": int(seed),
-        "perturbations": [op.name for op in ops],
+        "perturbations": [op.name for op in env.perturbations],
         "rate": cfg["rate"],
         "policy": "expert",
         "noise_rate": cfg["noise_rate"],
@@ -220,143 +208,6 @@ def collect_episode(cfg: dict[str, Any], task: str, seed: int) -> dict[str, Any]
         "n_steps": len(steps),
         "wall_time": round(time.perf_counter() - start, 4),
     }
-
-
-def _check_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
-    """The record of one line, or ``None`` and what is wrong with it."""
-    try:
-        rec = json.loads(raw)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        return None, f"is not valid JSON ({exc})"
-    if not isinstance(rec, dict):
-        return None, f"is a JSON {type(rec).__name__}, not a record object"
-    if rec.get("schema") != SCHEMA:
-        return None, (
-            f"has schema {rec.get('schema')!r}, not {SCHEMA!r} (a foreign record, "
-            "or one from another version)"
-        )
-    if not isinstance(rec.get("key"), str):
-        return None, f"has no string 'key' (got {rec.get('key')!r})"
-    return rec, ""
-
-
-def _scan(fh: IO[bytes], path: Path) -> tuple[list[dict[str, Any]], int | None, bytes]:
-    """Read every record; refuse a file with a foreign or unreadable line.
-
-    Returns the records, the byte offset of a torn final line (``None`` when
-    the file ends with a newline), and what repairing it needs: ``b""`` to
-    cut the line off, ``b"\\n"`` when it is a complete record that only lacks
-    its newline.
-    """
-    records: list[dict[str, Any]] = []
-    first_line: dict[str, int] = {}
-    offset = 0
-    fh.seek(0)
-    for lineno, raw in enumerate(fh, start=1):
-        if not raw.endswith(b"\n"):  # the final line, torn by a killed run
-            rec, _ = _check_line(raw)
-            if rec is not None and rec["key"] not in first_line:
-                records.append(rec)
-                return records, offset, b"\n"
-            if raw.startswith(_PREFIX) or _PREFIX.startswith(raw):
-                return records, offset, b""
-        rec, problem = _check_line(raw)
-        if rec is None:
-            what = (
-                "its first line is not an r2vcal.trajectory/v1 record (not a file "
-                "written by pipelines.collect)"
-                if lineno == 1
-                else f"line {lineno} {problem}"
-            )
-            raise ValueError(
-                f"{path}: {what}; refusing to read or modify it. Only a torn final "
-                "line (no trailing newline) is repaired; move the file away or "
-                "fix that line by hand."
-                + (f" Line 1 {problem}." if lineno == 1 else "")
-            )
-        key = rec["key"]
-        if key in first_line:
-            raise ValueError(
-                f"{path}: line {lineno} repeats the key {key!r} of line "
-                f"{first_line[key]}; refusing to read or modify it. Remove the "
-                "duplicate by hand."
-            )
-        first_line[key] = lineno
-        records.append(rec)
-        offset += len(raw)
-    return records, None, b""
-
-
-def _repair(fh: IO[bytes], offset: int | None, fix: bytes) -> None:
-    if offset is None:
-        return
-    if fix:
-        fh.seek(0, os.SEEK_END)
-        fh.write(fix)
-    else:
-        fh.truncate(offset)
-    fh.flush()
-    os.fsync(fh.fileno())
-
-
-def _check_out(path: Path) -> None:
-    if path.suffix != SUFFIX:
-        raise ValueError(
-            f"out must be a {SUFFIX} file; got {str(path)!r}. Collection never "
-            f"writes to other files (did you mean {str(path.with_suffix(SUFFIX))!r}?)."
-        )
-    if path.exists() and not path.is_file():
-        raise ValueError(f"out {str(path)!r} exists and is not a regular file.")
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[IO[bytes]]:
-    """Open ``path`` for appending (created if missing) under an exclusive lock."""
-    _check_out(path)
-    with open(path, "a+b") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputLockedError(
-                f"{path} is locked by another collection run (fcntl.flock); wait "
-                "for it to finish, or pass another out."
-            ) from None
-        yield fh
-
-
-def load_records(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:
-    """Read a trajectory file, skipping a torn final line.
-
-    Parameters
-    ----------
-    path : str or Path
-    repair : bool, default=False
-        Remove a torn final line (the last line, without its newline) from
-        the file, under the same exclusive lock a collection run holds.
-
-    Returns
-    -------
-    list of dict
-
-    Raises
-    ------
-    ValueError
-        When a line other than a torn final one is not an
-        ``r2vcal.trajectory/v1`` record, or repeats a key; the message names
-        the line. The file is left untouched.
-    OutputLockedError
-        With ``repair=True``, when a collection run holds the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    if repair:
-        with _locked(path) as fh:
-            records, offset, fix = _scan(fh, path)
-            _repair(fh, offset, fix)
-        return records
-    with open(path, "rb") as fh:
-        return _scan(fh, path)[0]
 
 
 def _end_with_parent(parent: int) -> None:
@@ -392,15 +243,15 @@ def main(cfg: CollectConfig) -> dict[str, Any]:
         raise ValueError(f"n_seeds must be >= 1; got {cfg.n_seeds!r}.")
     start = time.perf_counter()
     out = Path(cfg.out)
-    _check_out(out)
+    check_output_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(out) as fh:
-        records, offset, fix = _scan(fh, out)
-        env = _get_env(cfg.env, cfg.env_kwargs)
+    with locked_output(out) as fh:
+        records, offset, fix = scan_records(fh, out)
+        env = shared_env(cfg.env, cfg.env_kwargs)
         tasks = list(cfg.tasks) if cfg.tasks else env.tasks(cfg.split)
         if cfg.limit is not None:
             tasks = tasks[: cfg.limit]
-        _repair(fh, offset, fix)
+        repair_torn_line(fh, offset, fix)
         done_keys = {r["key"] for r in records}
         jobs = [
             (t, s)

@@ -19,12 +19,14 @@ About 30-40 minutes on two CPU cores (games are generated once and cached).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pipelines._cli import config_from_args
+from pipelines.models import fingerprints
 
 __all__ = [
     "PRESET",
@@ -93,24 +95,6 @@ def table_stats(table: Any) -> dict[str, Any]:
     return out
 
 
-def fingerprints(slm: str | Path, verifier: str | Path) -> dict[str, str]:
-    """SHA-256 of the SLM's weights and of the verifier's head.
-
-    The shipped tables describe one SLM and one verifier; a chain that trains
-    byte-identical ones (same preset, deterministic training) can run them in
-    closed loop against routers fitted on the shipped tables
-    (:mod:`pipelines.demo`).
-    """
-    return {
-        "slm_sha256": hashlib.sha256(
-            (Path(slm) / "model.safetensors").read_bytes()
-        ).hexdigest(),
-        "verifier_sha256": hashlib.sha256(
-            (Path(verifier) / "verifier.json").read_bytes()
-        ).hexdigest(),
-    }
-
-
 def main(cfg: DatasetConfig) -> dict[str, Any]:
     """Run the chain with :data:`PRESET` and ship its tables."""
     import pandas as pd
@@ -154,6 +138,4 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    from pipelines.bc import config_from_args
-
     main(config_from_args(make_parser().parse_args(), DatasetConfig))

@@ -173,7 +173,7 @@ def _closed_loop_setup(chain: dict[str, Any]) -> dict[str, Any] | None:
     this machine (floating-point differences across CPUs can change the last
     bits; the report says so when they do).
     """
-    from pipelines.dataset_textworld import fingerprints
+    from pipelines.models import fingerprints
     from r2vcal.datasets import get_data_home
 
     folder = get_data_home() / "textworld_r2v"
@@ -479,6 +479,6 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    from pipelines.bc import config_from_args
+    from pipelines._cli import config_from_args
 
     main(config_from_args(make_parser().parse_args(), DemoConfig))

@@ -41,14 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.bc import (
-    HISTORY_CUE,
-    PROMPT_DEFAULTS,
-    build_examples,
-    config_from_args,
-    prompt_kwargs_of,
-    read_trajectories,
-)
+from pipelines._cli import config_from_args
+from pipelines.prompting import HISTORY_CUE, PROMPT_DEFAULTS, prompt_kwargs_of
+from pipelines.trajectories import build_examples, read_trajectories
 
 __all__ = [
     "DPOConfigR2V",
@@ -394,7 +389,7 @@ def main(cfg: DPOConfigR2V) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig
 
-    from pipelines.rollout import SLMAgent
+    from pipelines.agent import SLMAgent
 
     if not cfg.trajectories:
         raise ValueError("DPOConfigR2V.trajectories must list at least one file.")

@@ -61,7 +61,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.envs import MemoEnv
+from pipelines._cli import config_from_args
+from pipelines.agent import build_agent
+from pipelines.closed_loop import ClosedLoop
+from pipelines.envs import make_env
 
 __all__ = [
     "ClosedLoop",
@@ -144,223 +147,6 @@ class EvaluateConfig:
     n_resamples: int = 1000
     random_state: int = 0
     progress: bool = True
-
-
-class ClosedLoop:
-    """Seeded episodes of the frozen SLM with a decision rule in the loop.
-
-    Parameters
-    ----------
-    agent : pipelines.rollout.SLMAgent
-        The SLM with ``k`` candidates and verifier selection (memoised per prompt).
-    make_env : callable
-        ``make_env()`` → a seeded, deterministic environment (a
-        :class:`pipelines.perturb.PerturbedEnv`). One is made: hindsight
-        replays use it too and the episode in play is restored afterwards by
-        replaying its actions (TextWorld's interpreter is one per process).
-    prompt_kwargs : dict
-        Passed to :func:`pipelines.bc.format_prompt`.
-    """
-
-    def __init__(
-        self,
-        agent: Any,
-        make_env: Callable[[], Any],
-        prompt_kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        self.agent = agent
-        self.env = MemoEnv(make_env())
-        self._dirty = False
-        self.prompt_kwargs = dict(prompt_kwargs or {})
-        self.horizon = int(self.env.max_steps)
-        self._alone: dict[tuple[Any, ...], bool] = {}
-        self._teacher_now: str | None = None
-        self._cmds_now: list[str] = []
-
-    def _decide(self, prompt: str, commands: list[str] | None = None) -> Any:
-        """``agent.decide`` (with the current state's commands when it needs them)."""
-        if getattr(self.agent, "needs_commands", False):
-            cmds = self._cmds_now if commands is None else commands
-            return self.agent.decide(prompt, cmds)
-        return self.agent.decide(prompt)
-
-    # ------------------------------------------------------ SLM as callables
-    def slm(self, context: str, k: int) -> list[dict[str, Any]]:
-        """The agent's ``k`` candidates at ``context`` (StepCascade ``slm``)."""
-        d = self._decide(context)
-        return [
-            {"text": t, "token_logprobs": lp, "token_entropies": ent}
-            for t, lp, ent in zip(
-                d["texts"], d["token_logprobs"], d["token_entropies"], strict=True
-            )
-        ]
-
-    def verifier(self, context: str, texts: list[str]) -> list[float]:
-        """The verifier's scores of the agent's candidates (StepCascade ``verifier``)."""
-        return list(self._decide(context)["scores"])
-
-    def teacher(self, context: str) -> str:
-        """The environment expert's action in the current state."""
-        return self._teacher_now or "look"
-
-    # -------------------------------------------------------------- hindsight
-    def slm_alone(self, task: str, seed: int, actions: tuple[str, ...]) -> bool:
-        """Does the SLM alone succeed after replaying ``actions``? (memoised)
-
-        The SLM's own continuation visits states whose answer is the same, so
-        every prefix along it is memoised too.
-        """
-        key = (task, seed, actions)
-        if key in self._alone:
-            return self._alone[key]
-        from pipelines.bc import format_prompt
-
-        env = self.env
-        self._dirty = True
-        obs0 = env.reset(task, seed)
-        history: list[tuple[str, str]] = []
-        done, success = False, False
-        for a in actions:
-            obs, done, success, _ = env.step(a)
-            history.append((a, obs))
-            if done:
-                break
-        path = [actions]
-        cur = actions
-        while not done:
-            prompt = format_prompt(obs0, history, **self.prompt_kwargs)
-            a = self._decide(prompt, env.admissible_commands())["action"] or "look"
-            obs, done, success, _ = env.step(a)
-            history.append((a, obs))
-            cur = (*cur, a)
-            path.append(cur)
-            if cur and (task, seed, cur) in self._alone and not done:
-                success = self._alone[(task, seed, cur)]
-                break
-        for p in path:
-            self._alone[(task, seed, p)] = bool(success)
-        return bool(success)
-
-    def label(
-        self,
-        task: str,
-        seed: int,
-        prefix: tuple[str, ...],
-        slm_action: str,
-        teacher: str,
-    ) -> tuple[int, bool, bool]:
-        """Counterfactual label at a visited state: ``(y, slm_ok, llm_ok)``."""
-        slm_ok = self.slm_alone(task, seed, (*prefix, slm_action))
-        llm_ok = (
-            slm_ok
-            if teacher.strip() == slm_action.strip()
-            else self.slm_alone(task, seed, (*prefix, teacher))
-        )
-        return int(llm_ok and not slm_ok), slm_ok, llm_ok
-
-    # ---------------------------------------------------------------- episode
-    def run_episode(
-        self, task: str, seed: int, cascade: Any = None, *, label: bool = False
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Play one episode with ``cascade`` deciding (None: the hindsight oracle).
-
-        Returns
-        -------
-        episode : dict
-            ``task``, ``seed``, ``success``, ``steps``, ``llm_calls``.
-        steps : list of dict
-            Per step: decision fields and features (cascade arms), the SLM's
-            and the teacher's action; with ``label``, the counterfactual label.
-        """
-        from pipelines.bc import format_prompt
-        from pipelines.rollout import verifier_label
-
-        env = self.env
-        obs0 = env.reset(task, seed)
-        truncated = bool(
-            set(getattr(env, "reset_perturbations", []))
-            & {"truncate", "drop_lines", "mask"}
-        )
-        tool_error = False
-        history: list[tuple[str, str]] = []
-        actions: tuple[str, ...] = ()
-        rows: list[dict[str, Any]] = []
-        episode_id = f"{task}|{seed}"
-        done, success, calls = False, False, 0
-        while not done:
-            prompt = format_prompt(obs0, history, **self.prompt_kwargs)
-            teacher = env.expert_action()
-            self._teacher_now = teacher
-            self._cmds_now = list(env.admissible_commands())
-            slm_action = self._decide(prompt)["action"] or "look"
-            if cascade is None:
-                escalate = (
-                    teacher is not None
-                    and slm_action.strip() != teacher.strip()
-                    and not self.slm_alone(task, seed, (*actions, slm_action))
-                )
-                action = teacher if escalate else slm_action
-                row: dict[str, Any] = {"escalated": escalate, "risk": float(escalate)}
-            else:
-                d = cascade.act(
-                    prompt,
-                    episode_id=episode_id,
-                    horizon=self.horizon,
-                    context_length=self._decide(prompt)["context_length"],
-                    tool_error=tool_error,
-                    truncated=truncated,
-                    group=seed,
-                )
-                escalate, action = d.escalated, d.action or "look"
-                row = {
-                    "escalated": escalate,
-                    "risk": d.risk,
-                    "threshold": d.threshold,
-                    **d.features,
-                }
-            calls += int(escalate)
-            row.update(
-                task_id=task,
-                seed=int(seed),
-                episode_id=episode_id,
-                step=len(actions),
-                action=action,
-                slm_action=slm_action,
-                teacher_action=teacher or "",
-            )
-            if label and teacher is not None:
-                y, slm_ok, llm_ok = self.label(task, seed, actions, slm_action, teacher)
-                scores = self._decide(prompt)["scores"]
-                v_teacher = float(
-                    self.agent.verifier.score_candidates(prompt, [teacher])[0]
-                )
-                row.update(
-                    y_counterfactual=y,
-                    y_verifier=verifier_label(v_teacher, scores),
-                    slm_step_success=slm_ok,
-                    llm_step_success=llm_ok,
-                )
-            rows.append(row)
-            if self._dirty:  # a hindsight replay moved the env: replay our prefix
-                env.reset(task, seed)
-                for a in actions:
-                    env.step(a)
-                self._dirty = False
-            obs, done, success, info = env.step(action)
-            tool_error = bool(info.get("tool_error", False))
-            truncated = bool(info.get("truncated", False))
-            history.append((action, obs))
-            actions = (*actions, action)
-        if cascade is not None:
-            cascade.end_episode(episode_id, success=success)
-        episode = {
-            "task_id": task,
-            "seed": int(seed),
-            "success": bool(success),
-            "steps": len(actions),
-            "llm_calls": calls,
-        }
-        return episode, rows
 
 
 # ----------------------------------------------------------------- metrics
@@ -786,9 +572,6 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     import torch
     from tqdm.auto import tqdm
 
-    from pipelines.envs import make_env
-    from pipelines.perturb import PerturbedEnv, make_family
-    from pipelines.rollout import build_agent
     from r2vcal.cascade import StepCascade
 
     start = time.perf_counter()
@@ -803,16 +586,13 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         n_games = dict(env_kwargs["n_games"])
         n_games["test"] = max(int(n_games.get("test", 0)), int(cfg.n_test_tasks))
         env_kwargs["n_games"] = n_games
-    ops = [
-        op
-        for fam in run.get("families", ["all"])
-        for op in make_family(fam, run["rate"])
-    ]
-
-    def new_env() -> Any:
-        return PerturbedEnv(
-            make_env(env_name, **env_kwargs), ops, max_steps=run["max_steps"]
-        )
+    new_env = partial(
+        make_env,
+        env_name,
+        perturb=(run.get("families", ["all"]), run["rate"]),
+        step_limit=run["max_steps"],
+        **env_kwargs,
+    )
 
     agent = build_agent(
         art["slm"],
@@ -1236,8 +1016,6 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    from pipelines.bc import config_from_args
-
     print(
         json.dumps(
             main(config_from_args(make_parser().parse_args(), EvaluateConfig))[

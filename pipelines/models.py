@@ -6,11 +6,12 @@ strings with ``tokenizers`` and a small Llama is built from a config.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_tiny_causal_lm"]
+__all__ = ["build_tiny_causal_lm", "fingerprints"]
 
 
 def build_tiny_causal_lm(
@@ -106,3 +107,21 @@ def build_tiny_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(save_dir).eval()
         tokenizer = PreTrainedTokenizerFast.from_pretrained(save_dir)
     return model, tokenizer
+
+
+def fingerprints(slm: str | Path, verifier: str | Path) -> dict[str, str]:
+    """SHA-256 of the SLM's weights and of the verifier's head.
+
+    The shipped tables describe one SLM and one verifier; a chain that trains
+    byte-identical ones (same preset, deterministic training) can run them in
+    closed loop against routers fitted on the shipped tables
+    (:mod:`pipelines.demo`).
+    """
+    return {
+        "slm_sha256": hashlib.sha256(
+            (Path(slm) / "model.safetensors").read_bytes()
+        ).hexdigest(),
+        "verifier_sha256": hashlib.sha256(
+            (Path(verifier) / "verifier.json").read_bytes()
+        ).hexdigest(),
+    }

@@ -21,6 +21,7 @@ trained on local rollouts sees the same features behind ``r2vcal serve``.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import numpy as np
 from r2vcal.features import ENTROPY_TOP_N, topn_entropy
 
 __all__ = [
+    "AdmissibleScoringPolicy",
     "Candidate",
     "ExpertPolicy",
     "OpenAIPolicy",
@@ -589,3 +591,156 @@ class ExpertPolicy:
                 )
             )
         return cands
+
+
+class AdmissibleScoringPolicy:
+    """Rank a list of commands by their sequence log-probability under a causal LM.
+
+    Parameters
+    ----------
+    model : str or transformers.PreTrainedModel
+        A model directory / id, or a loaded model.
+    tokenizer : transformers tokenizer, optional
+        Required when ``model`` is an object.
+    batch_size : int, default=64
+        Commands scored per forward pass.
+    device : str, default="cpu"
+
+    Notes
+    -----
+    Candidates are sorted by sequence log-probability (ties by command text, so
+    the order is a pure function of the inputs). Each candidate's
+    ``token_logprobs`` / ``token_entropies`` cover the command's tokens and
+    the EOS token that ends it.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        *,
+        batch_size: int = 64,
+        device: str = "cpu",
+    ) -> None:
+        if isinstance(model, str):
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+            model = AutoModelForCausalLM.from_pretrained(model)
+        if tokenizer is None:
+            raise ValueError("tokenizer is required when 'model' is a model object.")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no eos_token_id; commands need an end.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size!r}.")
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.device = device
+
+    def _prompt_ids(self, context: str) -> list[int]:
+        ids = self.tokenizer(context, add_special_tokens=False)["input_ids"]
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit:  # keep the end of the prompt (the Action: cue), room for a command
+            ids = ids[-max(1, int(limit) - 32) :]
+        if not ids:
+            bos = self.tokenizer.bos_token_id
+            ids = [bos if bos is not None else self.tokenizer.eos_token_id]
+        return list(ids)
+
+    def score(self, context: str, commands: list[str]) -> list[Candidate]:
+        """Every command as a scored candidate, in the order given.
+
+        Parameters
+        ----------
+        context : str
+            The prompt (ends with the action cue).
+        commands : list of str
+            Commands to score (non-empty).
+
+        Returns
+        -------
+        list of Candidate
+        """
+        import torch
+
+        if not commands:
+            raise ValueError("commands must list at least one command to score.")
+        tok = self.tokenizer
+        p = self._prompt_ids(context)
+        eos = int(tok.eos_token_id)
+        conts = [
+            [*tok(" " + c.strip(), add_special_tokens=False)["input_ids"], eos]
+            for c in commands
+        ]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        cands: list[Candidate] = []
+        with torch.no_grad():
+            # The prompt once (its KV cache is shared), then every command's
+            # tokens in one padded batch on top of it.
+            pre = self.model(
+                input_ids=torch.tensor([p], device=self.device), use_cache=True
+            )
+            first = pre.logits[0, -1].float()
+            for b in range(0, len(conts), self.batch_size):
+                chunk = conts[b : b + self.batch_size]
+                width = max(len(c) for c in chunk)
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(chunk), len(p) + width), dtype=torch.long)
+                mask[:, : len(p)] = 1
+                for i, c in enumerate(chunk):
+                    ids[i, : len(c)] = torch.tensor(c)
+                    mask[i, len(p) : len(p) + len(c)] = 1
+                cache = copy.deepcopy(pre.cache)
+                cache.batch_repeat_interleave(len(chunk))
+                logits = self.model(
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    cache=cache,
+                    use_cache=True,
+                ).logits.float()
+                # position j predicts token j + 1; the prompt's last logit, token 0
+                logits = torch.cat(
+                    [first.expand(len(chunk), 1, -1), logits[:, :-1]], dim=1
+                )
+                logp = torch.log_softmax(logits, dim=-1)
+                top = logp.topk(min(ENTROPY_TOP_N, logp.shape[-1]), dim=-1).values
+                ent = topn_entropy(top.cpu().numpy())
+                for i, c in enumerate(chunk):
+                    n = len(c)
+                    tgt = torch.tensor(c, device=logp.device).unsqueeze(-1)
+                    lp = logp[i, :n].gather(-1, tgt).squeeze(-1)
+                    cands.append(
+                        Candidate(
+                            text=commands[b + i].strip(),
+                            token_logprobs=lp.cpu().numpy(),
+                            token_entropies=ent[i, :n],
+                            tokens=tok.convert_ids_to_tokens(c),
+                            metadata={"source": "admissible_scoring"},
+                        )
+                    )
+        return cands
+
+    def propose(
+        self, context: str, k: int = 5, *, commands: list[str]
+    ) -> list[Candidate]:
+        """The ``k`` most likely commands (all of them when fewer).
+
+        Parameters
+        ----------
+        context : str
+        k : int, default=5
+        commands : list of str
+            The admissible commands of the current state.
+
+        Returns
+        -------
+        list of Candidate
+            Best first.
+        """
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"The 'k' parameter must be an int >= 1; got {k!r}.")
+        uniq = sorted({c.strip() for c in commands if c.strip()})
+        cands = self.score(context, uniq)
+        cands.sort(key=lambda c: (-c.sum_logprob, c.text))
+        return cands[: int(k)]

@@ -41,17 +41,17 @@ import argparse
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines.bc import (
-    PROMPT_DEFAULTS,
-    config_from_args,
-    format_prompt,
-    prompt_kwargs_of,
-)
+from pipelines._cli import config_from_args
+from pipelines.agent import POLICIES, SLMAgent, agent_decide, build_agent
+from pipelines.envs import make_env, shared_env
+from pipelines.labels import counterfactual_label, label_confusion, verifier_label
+from pipelines.prompting import PROMPT_DEFAULTS, format_prompt, prompt_kwargs_of
 
 __all__ = [
     "POLICIES",
@@ -70,157 +70,6 @@ __all__ = [
 _SPLIT_NAMES = {"train": "train", "validation": "val", "test": "test"}
 _AGENTS: dict[tuple[Any, ...], Any] = {}
 _ENVS: dict[str, Any] = {}
-
-#: How the SLM proposes its ``k`` candidates: free generation (sampling) or
-#: scoring the environment's admissible commands (:mod:`pipelines.scoring`).
-POLICIES = frozenset({"generate", "score"})
-
-
-class SLMAgent:
-    """The SLM with K candidates and verifier selection (deterministic per prompt).
-
-    Parameters
-    ----------
-    slm : str
-        Model directory or id (loaded with ``from_pretrained``).
-    verifier : str
-        Directory of a saved :class:`pipelines.verifier.Verifier`.
-    k : int, default=5
-    temperature : float, default=0.5
-    max_new_tokens : int, default=12
-    seed : int, default=0
-        Sampling seed (re-applied on every call).
-    """
-
-    def __init__(
-        self,
-        slm: str,
-        verifier: str,
-        *,
-        k: int = 5,
-        temperature: float = 0.5,
-        max_new_tokens: int = 12,
-        seed: int = 0,
-    ) -> None:
-        from pipelines.policies import TransformersPolicy
-        from pipelines.verifier import Verifier
-
-        if k < 1:
-            raise ValueError(f"The 'k' parameter must be >= 1; got {k!r}.")
-        self.policy = TransformersPolicy(
-            slm,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            stop="\n",
-            seed=seed,
-        )
-        self.verifier = Verifier.load(verifier)
-        self.k = k
-        self._memo: dict[str, dict[str, Any]] = {}
-
-    def _eos_scores(self, prompt: str) -> tuple[float, float]:
-        import torch
-
-        tok, model = self.policy.tokenizer, self.policy.model
-        ids = tok(prompt, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            logp = torch.log_softmax(model(ids).logits[0, -1].float(), -1)
-        ent = float(-(logp.exp() * logp).sum())
-        return float(logp[tok.eos_token_id]), ent
-
-    def decide(self, prompt: str) -> dict[str, Any]:
-        """Candidates, their scores and the chosen action at ``prompt``.
-
-        Returns
-        -------
-        dict
-            ``texts``, ``token_logprobs``, ``token_entropies`` (lists of
-            lists; an empty candidate — the SLM emitted EOS at once — gets the
-            EOS token's log-prob and entropy), ``scores``, ``chosen``
-            (index), ``action``, ``context_length`` (prompt tokens).
-        """
-        if prompt in self._memo:
-            return self._memo[prompt]
-        cands = self.policy.propose(prompt, k=self.k)
-        texts = [c.text.strip() for c in cands]
-        lps = [c.token_logprobs.tolist() for c in cands]
-        ents = [c.token_entropies.tolist() for c in cands]
-        if any(not lp for lp in lps):
-            eos_lp, eos_ent = self._eos_scores(prompt)
-            for i, lp in enumerate(lps):
-                if not lp:
-                    lps[i], ents[i] = [min(eos_lp, 0.0)], [max(eos_ent, 0.0)]
-        scores = self.verifier.score_candidates(prompt, texts)
-        chosen = int(np.argmax(scores))
-        out = {
-            "texts": texts,
-            "token_logprobs": lps,
-            "token_entropies": ents,
-            "scores": scores.tolist(),
-            "chosen": chosen,
-            "action": texts[chosen],
-            "context_length": len(self.policy.tokenizer(prompt)["input_ids"]),
-        }
-        if len(self._memo) > 50_000:
-            self._memo.clear()
-        self._memo[prompt] = out
-        return out
-
-
-def build_agent(
-    slm: str,
-    verifier: str,
-    *,
-    policy: str = "generate",
-    k: int = 5,
-    temperature: float = 0.5,
-    max_new_tokens: int = 12,
-    seed: int = 0,
-    select: str = "logprob",
-) -> Any:
-    """The SLM agent of ``policy``: :class:`SLMAgent` or a ScoringAgent.
-
-    Parameters
-    ----------
-    slm, verifier : str
-        Model and verifier directories.
-    policy : {"generate", "score"}, default="generate"
-        ``"generate"`` samples ``k`` candidates (:class:`SLMAgent`);
-        ``"score"`` ranks the admissible commands by the SLM's sequence
-        log-probability (:class:`pipelines.scoring.ScoringAgent`).
-    k, temperature, max_new_tokens, seed
-        Sampling settings (``"generate"`` only).
-    select : {"logprob", "verifier"}, default="logprob"
-        Executed candidate of ``"score"``.
-    """
-    if policy not in POLICIES:
-        raise ValueError(
-            f"The 'policy' parameter must be a str among {set(sorted(POLICIES))}. "
-            f"Got {policy!r} instead."
-        )
-    if policy == "score":
-        from pipelines.scoring import ScoringAgent
-
-        return ScoringAgent(slm, verifier, k=k, select=select)
-    return SLMAgent(
-        slm,
-        verifier,
-        k=k,
-        temperature=temperature,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-    )
-
-
-def agent_decide(agent: Any, prompt: str, env: Any) -> dict[str, Any]:
-    """``agent.decide`` at the current state of ``env``.
-
-    Agents that choose among the environment's commands (``needs_commands``)
-    get ``env.admissible_commands()``.
-    """
-    if getattr(agent, "needs_commands", False):
-        return agent.decide(prompt, env.admissible_commands())
-    return agent.decide(prompt)
 
 
 def _get_agent(cfg: dict[str, Any]) -> Any:
@@ -255,9 +104,6 @@ def _make_env(cfg: dict[str, Any]) -> Any:
     Counterfactual branches replay prefixes that earlier episodes played:
     :class:`pipelines.envs.MemoEnv` serves those transitions from memory.
     """
-    from pipelines.envs import MemoEnv, make_env
-    from pipelines.perturb import PerturbedEnv, make_family
-
     key = json.dumps(
         [cfg["env"], cfg["env_kwargs"], cfg["families"], cfg["rate"], cfg["max_steps"]],
         sort_keys=True,
@@ -266,9 +112,13 @@ def _make_env(cfg: dict[str, Any]) -> Any:
     if key not in _ENVS:
         _ENVS.clear()
         # Its own environment: nothing else may move it behind MemoEnv's back.
-        base = make_env(cfg["env"], **cfg["env_kwargs"])
-        ops = [op for fam in cfg["families"] for op in make_family(fam, cfg["rate"])]
-        _ENVS[key] = MemoEnv(PerturbedEnv(base, ops, max_steps=cfg["max_steps"]))
+        _ENVS[key] = make_env(
+            cfg["env"],
+            perturb=(cfg["families"], cfg["rate"]),
+            step_limit=cfg["max_steps"],
+            memo=True,
+            **cfg["env_kwargs"],
+        )
     return _ENVS[key]
 
 
@@ -350,6 +200,20 @@ def play_episode(
     return bool(success), steps
 
 
+def _succeeds(
+    env: Any,
+    agent: Any,
+    task: str,
+    seed: int,
+    script: list[str],
+    prompt_kwargs: dict[str, Any],
+) -> bool:
+    """Does the agent win after playing ``script`` (:func:`play_episode`)?"""
+    return play_episode(
+        env, agent, task, seed, script=script, prompt_kwargs=prompt_kwargs
+    )[0]
+
+
 def rollout_episode(cfg: dict[str, Any], task: str, seed: int) -> list[dict[str, Any]]:
     """All table rows of one ``(task, seed)`` episode (labels included).
 
@@ -389,13 +253,14 @@ def rollout_episode(cfg: dict[str, Any], task: str, seed: int) -> list[dict[str,
             if teacher
             else 0.0
         )
-        if not cfg["counterfactual"]:
-            llm_ok = None
-        elif teacher is None or teacher.strip() == actions[t].strip():
-            llm_ok = slm_success
-        else:
-            llm_ok, _ = play_episode(
-                env, agent, task, seed, script=[*actions[:t], teacher], prompt_kwargs=pk
+        cf = None
+        if cfg["counterfactual"]:
+            script = [*actions[:t], teacher]
+            cf = counterfactual_label(
+                slm_success,
+                actions[t],
+                teacher,
+                partial(_succeeds, env, agent, task, seed, script, pk),
             )
         row = {
             "episode_id": episode_id,
@@ -422,10 +287,10 @@ def rollout_episode(cfg: dict[str, Any], task: str, seed: int) -> list[dict[str,
             "slm_success": slm_success,
             "teacher_success": teacher_success,
         }
-        if llm_ok is not None:
+        if cf is not None:
             row["slm_step_success"] = slm_success
-            row["llm_step_success"] = bool(llm_ok)
-            row["y_counterfactual"] = int(bool(llm_ok) and not slm_success)
+            row["llm_step_success"] = cf[2]
+            row["y_counterfactual"] = cf[0]
         rows.append(row)
     elapsed = time.perf_counter() - start
     for row in rows:
@@ -513,29 +378,6 @@ class RolloutConfig:
     progress: bool = False
 
 
-def verifier_label(v_teacher: float, scores: Any, margin: float = 0.0) -> int:
-    """The R2V paper's step label from verifier scores.
-
-    1 when the verifier scores the teacher's action above every SLM candidate
-    by more than ``margin``.
-
-    >>> verifier_label(0.9, [0.2, 0.5]), verifier_label(0.4, [0.2, 0.5])
-    (1, 0)
-    """
-    return int(v_teacher > max(scores) + margin)
-
-
-def label_confusion(table: Any) -> dict[str, int]:
-    """Counts of ``y_counterfactual`` × ``y_verifier`` (keys ``cf{a}_ver{b}``)."""
-    cf = table["y_counterfactual"].astype(int)
-    vf = table["y_verifier"].astype(int)
-    return {
-        f"cf{a}_ver{b}": int(((cf == a) & (vf == b)).sum())
-        for a in (0, 1)
-        for b in (0, 1)
-    }
-
-
 def summarize(table: Any, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Success rates with episode-bootstrap CIs, label balance and confusion.
 
@@ -600,9 +442,7 @@ def main(cfg: RolloutConfig) -> dict[str, Any]:
                 f"{'bc' if name == 'slm' else 'verifier'})."
             )
     start = time.perf_counter()
-    from pipelines.collect import _get_env
-
-    env = _get_env(cfg.env, cfg.env_kwargs)
+    env = shared_env(cfg.env, cfg.env_kwargs)
     tasks = list(cfg.tasks) if cfg.tasks else env.tasks(cfg.split)
     if cfg.limit is not None:
         tasks = tasks[: cfg.limit]

@@ -51,7 +51,9 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.bc import PROMPT_DEFAULTS, config_from_args
+from pipelines._cli import config_from_args
+from pipelines.labels import label_confusion
+from pipelines.prompting import PROMPT_DEFAULTS, prompt_kwargs_of
 
 __all__ = ["RunConfig", "main", "make_parser", "success_summary"]
 
@@ -220,8 +222,6 @@ def _label_summary(table: Any) -> dict[str, Any]:
             y = table[col].astype(int)
             out[col] = {"n_positive": int(y.sum()), "rate": float(y.mean())}
     if "y_counterfactual" in table and "y_verifier" in table:
-        from pipelines.rollout import label_confusion
-
         out["confusion_cf_vs_verifier"] = label_confusion(table)
     return out
 
@@ -241,7 +241,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     import pandas as pd
 
     from pipelines import bc, collect, dpo, rollout, verifier
-    from pipelines.bc import prompt_kwargs_of
+    from pipelines.envs import shared_env
 
     for name in ("n_train", "n_router", "n_test", "n_train_seeds", "n_test_seeds"):
         if getattr(cfg, name) < 1:
@@ -325,7 +325,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
         return res
 
     def prepare() -> dict[str, Any]:
-        env = collect._get_env("textworld", env_kwargs)
+        env = shared_env("textworld", env_kwargs)
         env.prepare(("train", "validation", "test"), n_jobs=max(1, cfg.n_jobs))
         return {"n_games": sum(env_kwargs["n_games"].values())}
 

@@ -46,6 +46,7 @@ __all__ = [
     "HumanEvalProblem",
     "TestReport",
     "default_data_path",
+    "default_sandbox",
     "evaluate_solution",
     "load_problems",
 ]
@@ -491,7 +492,8 @@ def _default_cache() -> Path:
     return Path.home() / ".cache" / "r2vcal" / "humanevalplus" / "v0.1.10"
 
 
-def _default_sandbox() -> Sandbox:
+def default_sandbox() -> Sandbox:
+    """The sandbox HumanEval solutions run in (30 s, 2 GB memory, 512 MB files)."""
     # Outputs are written to a file in the sandbox (HumanEval/15: ~100 MB).
     return Sandbox(wall_time=30.0, memory_mb=2048, max_file_mb=512, max_disk_mb=512)
 
@@ -530,7 +532,7 @@ def evaluate_solution(
             "The 'suite' parameter of evaluate_solution must be a str among "
             f"{{'base', 'plus'}}. Got {suite!r} instead."
         )
-    sandbox = sandbox or _default_sandbox()
+    sandbox = sandbox or default_sandbox()
     gt = _GroundTruth(Path(cache_dir) if cache_dir else _default_cache(), sandbox)
     base_out, plus_out = gt.get(problem)
     if suite == "base":
@@ -595,7 +597,7 @@ class HumanEvalEnv:
         self.problems = {p.task_id: p for p in load_problems(data_path)}
         self.n_visible = n_visible
         self.max_steps = max_steps
-        self.sandbox = sandbox or _default_sandbox()
+        self.sandbox = sandbox or default_sandbox()
         self._gt = _GroundTruth(
             Path(cache_dir) if cache_dir else _default_cache(), self.sandbox
         )

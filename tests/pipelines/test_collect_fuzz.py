@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pipelines import collect
+from pipelines.envs import SHARED_ENVS, env_key
 from pipelines.collect import CollectConfig, OutputLockedError, load_records, main
 from pipelines.envs.base import base_info
 
@@ -216,7 +216,7 @@ def _play(out: Path, op: tuple) -> None:
 @SETTINGS
 @given(ops=ops)
 def test_interleaved_runs_lose_and_duplicate_nothing(ops):
-    collect._ENVS["fake{}"] = ENV
+    SHARED_ENVS[env_key("fake", {})] = ENV
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "traj.jsonl"
         for op in ops:
