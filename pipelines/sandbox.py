@@ -651,6 +651,124 @@ class Sandbox:
         SandboxUnavailableError
             No bubblewrap here and ``allow_weak_isolation`` is ``False``.
         """
+        exe, userns, capped, workdir, ro = self._checked(argv, workdir, ro_paths)
+        isolation = self.isolation()
+        sweep_stale_dirs()
+        start = time.perf_counter()
+        root = _make_dir()
+        # The captured output lives beside the working directory, outside its
+        # cap (each file is bounded by RLIMIT_FSIZE), so a full disk cannot
+        # silence the program's report.
+        mounted = False
+        watch: list[Path] = []
+        if workdir is None:
+            work = root / "work"
+            work.mkdir()
+            mounted = _tmpfs_mount_works() and _mount_tmpfs(work, self.max_disk_mb)
+            if not mounted:
+                watch.append(work)
+        else:
+            work = Path(workdir).resolve()
+            if not capped:
+                watch.append(work)
+        isolation["disk"] = "watchdog" if watch else "tmpfs"
+        outdir = root / "out"
+        outdir.mkdir()
+        cgroup: Path | None = None
+        try:
+            full_env = self._prepare(
+                work, root, copy_tree, files, env, python_program and exe is None
+            )
+            cmd = list(argv)
+            if exe is not None:
+                cmd = self._bwrap_argv(exe, userns, work, ro) + cmd
+            if isolation["processes"].startswith("cgroup-pids"):
+                cgroup = self._make_cgroup()
+                if cgroup is None:
+                    isolation["processes"] = isolation["processes"].replace(
+                        "cgroup-pids", "rlimit"
+                    )
+            rc, timed_out, disk_exceeded = self._execute(
+                cmd, work, full_env, stdin, outdir, cgroup, watch
+            )
+            # bubblewrap reports a child killed by a signal as 128 + signal.
+            if exe is not None and rc is not None and 128 < rc < 128 + 65:
+                rc = -(rc - 128)
+            stdout = self._read(outdir / "stdout")
+            stderr = self._read(outdir / "stderr")
+            read_back = self._read_back(work, read_files)
+            if disk_exceeded:
+                stderr += f"\n[sandbox: working directory over {self.max_disk_mb} MiB]"
+            return SandboxResult(
+                returncode=-signal.SIGKILL if timed_out or disk_exceeded else int(rc),
+                stdout=stdout,
+                stderr=stderr,
+                timed_out=timed_out,
+                wall_time=time.perf_counter() - start,
+                isolation=isolation,
+                files=read_back,
+                disk_exceeded=disk_exceeded,
+            )
+        finally:
+            if cgroup is not None:
+                with contextlib.suppress(OSError):
+                    cgroup.rmdir()
+            if mounted:
+                _umount(work)
+            shutil.rmtree(root, ignore_errors=True)
+
+    # -------------------------------------------------------------- helpers
+    def _execute(
+        self,
+        cmd: list[str],
+        work: Path,
+        full_env: dict[str, str],
+        stdin: str | None,
+        outdir: Path,
+        cgroup: Path | None,
+        watch: list[Path],
+    ) -> tuple[int | None, bool, bool]:
+        """Start ``cmd`` under the limits, wait, kill its group.
+
+        Returns ``(returncode, timed_out, disk_exceeded)``; output goes to
+        ``outdir``.
+        """
+        stdin_path = outdir / "stdin"
+        stdin_path.write_bytes((stdin or "").encode())
+        limits = self._preexec(self._nproc_limit(), cgroup)
+        with (
+            open(stdin_path, "rb") as inp,
+            open(outdir / "stdout", "wb") as out,
+            open(outdir / "stderr", "wb") as err,
+        ):
+            proc = subprocess.Popen(
+                cmd,
+                cwd=work,
+                env=full_env,
+                stdin=inp if stdin is not None else subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=limits,
+            )
+            try:
+                timed_out, disk_exceeded = self._wait(proc, watch)
+            finally:
+                self._kill_group(proc.pid, cgroup)
+                proc.wait()
+        return proc.returncode, timed_out, disk_exceeded
+
+    def _checked(
+        self,
+        argv: Sequence[str],
+        workdir: str | os.PathLike[str] | Workspace | None,
+        ro_paths: Sequence[str | os.PathLike[str]],
+    ) -> tuple[str | None, bool, bool, str | os.PathLike[str] | None, list[Path]]:
+        """Validate :meth:`run`'s arguments; the isolation it can use.
+
+        Returns ``(bwrap executable or None, user namespaces, capped workdir,
+        workdir path, read-only paths)``.
+        """
         if isinstance(argv, str) or not argv:
             raise ValueError(
                 "argv must be a non-empty sequence of str; got "
@@ -678,114 +796,49 @@ class Sandbox:
                 raise FileNotFoundError(
                     f"The 'ro_paths' parameter must name existing paths; got {p}."
                 )
-        isolation = self.isolation()
-        sweep_stale_dirs()
-        start = time.perf_counter()
-        root = _make_dir()
-        # The captured output lives beside the working directory, outside its
-        # cap (each file is bounded by RLIMIT_FSIZE), so a full disk cannot
-        # silence the program's report.
-        mounted = False
-        watch: list[Path] = []
-        if workdir is None:
-            work = root / "work"
-            work.mkdir()
-            mounted = _tmpfs_mount_works() and _mount_tmpfs(work, self.max_disk_mb)
-            if not mounted:
-                watch.append(work)
-        else:
-            work = Path(workdir).resolve()
-            if not capped:
-                watch.append(work)
-        isolation["disk"] = "watchdog" if watch else "tmpfs"
-        outdir = root / "out"
-        outdir.mkdir()
-        cgroup: Path | None = None
-        try:
-            if copy_tree is not None:
-                shutil.copytree(copy_tree, work, dirs_exist_ok=True, symlinks=True)
-            for rel, content in (files or {}).items():
-                target = work / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if isinstance(content, bytes):
-                    target.write_bytes(content)
-                else:
-                    target.write_text(content)
-            full_env = self._scrubbed_env(work)
-            if python_program and exe is None:
-                hookdir = root / "hook"
-                hookdir.mkdir()
-                (hookdir / "sitecustomize.py").write_text(_AUDIT_HOOK)
-                full_env["PYTHONPATH"] = str(hookdir)
-                full_env["R2VCAL_SANDBOX_ROOT"] = str(work)
-            if env:
-                full_env.update(env)
-            cmd = list(argv)
-            if exe is not None:
-                cmd = self._bwrap_argv(exe, userns, work, ro) + cmd
-            if isolation["processes"].startswith("cgroup-pids"):
-                cgroup = self._make_cgroup()
-                if cgroup is None:
-                    isolation["processes"] = isolation["processes"].replace(
-                        "cgroup-pids", "rlimit"
-                    )
-            stdin_path = outdir / "stdin"
-            stdin_path.write_bytes((stdin or "").encode())
-            limits = self._preexec(self._nproc_limit(), cgroup)
-            with (
-                open(stdin_path, "rb") as inp,
-                open(outdir / "stdout", "wb") as out,
-                open(outdir / "stderr", "wb") as err,
-            ):
-                proc = subprocess.Popen(
-                    cmd,
-                    cwd=work,
-                    env=full_env,
-                    stdin=inp if stdin is not None else subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,
-                    preexec_fn=limits,
-                )
-                try:
-                    timed_out, disk_exceeded = self._wait(proc, watch)
-                finally:
-                    self._kill_group(proc.pid, cgroup)
-                    proc.wait()
-            rc = proc.returncode
-            # bubblewrap reports a child killed by a signal as 128 + signal.
-            if exe is not None and rc is not None and 128 < rc < 128 + 65:
-                rc = -(rc - 128)
-            stdout = self._read(outdir / "stdout")
-            stderr = self._read(outdir / "stderr")
-            read_back: dict[str, bytes] = {}
-            cap = self.max_disk_mb * 1024 * 1024
-            for rel in read_files:
-                path = work / rel
-                if path.is_file() and not path.is_symlink():
-                    with open(path, "rb") as fh:
-                        read_back[rel] = fh.read(cap)
-            if disk_exceeded:
-                stderr += f"\n[sandbox: working directory over {self.max_disk_mb} MiB]"
-            return SandboxResult(
-                returncode=-signal.SIGKILL if timed_out or disk_exceeded else int(rc),
-                stdout=stdout,
-                stderr=stderr,
-                timed_out=timed_out,
-                wall_time=time.perf_counter() - start,
-                isolation=isolation,
-                files=read_back,
-                disk_exceeded=disk_exceeded,
-            )
-        finally:
-            if cgroup is not None:
-                with contextlib.suppress(OSError):
-                    cgroup.rmdir()
-            if mounted:
-                _umount(work)
-            shutil.rmtree(root, ignore_errors=True)
+        return exe, userns, capped, workdir, ro
 
-    # -------------------------------------------------------------- helpers
+    def _prepare(
+        self,
+        work: Path,
+        root: Path,
+        copy_tree: str | os.PathLike[str] | None,
+        files: Mapping[str, str | bytes] | None,
+        env: Mapping[str, str] | None,
+        audit_hook: bool,
+    ) -> dict[str, str]:
+        """Fill the working directory; the program's environment variables."""
+        if copy_tree is not None:
+            shutil.copytree(copy_tree, work, dirs_exist_ok=True, symlinks=True)
+        for rel, content in (files or {}).items():
+            target = work / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                target.write_text(content)
+        full_env = self._scrubbed_env(work)
+        if audit_hook:
+            hookdir = root / "hook"
+            hookdir.mkdir()
+            (hookdir / "sitecustomize.py").write_text(_AUDIT_HOOK)
+            full_env["PYTHONPATH"] = str(hookdir)
+            full_env["R2VCAL_SANDBOX_ROOT"] = str(work)
+        if env:
+            full_env.update(env)
+        return full_env
+
+    def _read_back(self, work: Path, read_files: Sequence[str]) -> dict[str, bytes]:
+        """The files asked for (regular files only, each capped at ``max_disk_mb``)."""
+        read_back: dict[str, bytes] = {}
+        cap = self.max_disk_mb * 1024 * 1024
+        for rel in read_files:
+            path = work / rel
+            if path.is_file() and not path.is_symlink():
+                with open(path, "rb") as fh:
+                    read_back[rel] = fh.read(cap)
+        return read_back
+
     def _bwrap_argv(
         self, exe: str, userns: bool, work: Path, ro: Sequence[Path]
     ) -> list[str]:
