@@ -231,12 +231,14 @@ def memory(n: int, cap: int, steps: int, k: int, tokens: int) -> None:
     """Memory per conversation: the proxy's own state for ``n`` conversations.
 
     Drives the proxy's state exactly as a request does (conversation match,
-    ``StepCascade.decide``, the log record, the remembered answer), without
+    ``StepRouter.decide``, the log record, the remembered answer), without
     HTTP, so 100,000 conversations take minutes rather than an hour.
     """
     import gc
 
     from r2vcal import serve
+    from r2vcal.serve.openai import choice_logprobs, choice_text
+    from r2vcal.serve.proxy import Result
 
     with tempfile.TemporaryDirectory() as tmp:
         router = __import__("r2vcal").load_router(save_bench_router(Path(tmp)))
@@ -246,8 +248,8 @@ def memory(n: int, cap: int, steps: int, k: int, tokens: int) -> None:
     )
     proxy = app.state.proxy
     doc = json.loads(canned_answer(k, tokens))
-    texts = [serve._choice_text(c) for c in doc["choices"]]
-    parts = [serve._choice_logprobs(c) for c in doc["choices"]]
+    texts = [choice_text(c) for c in doc["choices"]]
+    parts = [choice_logprobs(c) for c in doc["choices"]]
     system = {"role": "system", "content": "You are an agent. " * 20}
     gc.collect()
     base, at_cap = _rss_mb(), 0.0
@@ -264,12 +266,12 @@ def memory(n: int, cap: int, steps: int, k: int, tokens: int) -> None:
                 episode_id=m.conv.id,
                 context_length=50.0,
             )
-            proxy._record(d, None, None)
-            proxy._after_decision(m.conv.id)
+            proxy.cascade.resolve(d, None)
+            proxy.cascade.release_decisions(m.conv.id, keep=proxy.keep_decisions)
             msg = {"role": "assistant", "content": f"action {c}-{t}"}
             chosen = {**doc["choices"][0], "message": msg, "logprobs": None}
             answer = {**doc, "choices": [chosen]}
-            res = serve._Result(200, answer, {"x-r2vcal-step": str(t)})
+            res = Result(200, answer, {"x-r2vcal-step": str(t)})
             res.extra["message"] = msg
             proxy.convs.answered(m.conv, msg, res)
             msgs = [*msgs, msg, {"role": "tool", "content": f"You see box {t}."}]
@@ -281,7 +283,7 @@ def memory(n: int, cap: int, steps: int, k: int, tokens: int) -> None:
     print(
         f"memory: {n} conversations x {steps} steps (k={k}, {tokens} tokens) under "
         f"max_conversations={cap}: {len(proxy.convs)} kept, "
-        f"{len(proxy.cascade._episodes)} cascade episodes; RSS +{at_cap - base:.1f} "
+        f"{len(proxy.cascade.open_episodes())} cascade episodes; RSS +{at_cap - base:.1f} "
         f"MiB at the cap ({(at_cap - base) * 2**20 / cap / 1024:.1f} KiB per "
         f"conversation), +{end - at_cap:.1f} MiB over the next {n - cap} "
         f"conversations ({time.perf_counter() - t0:.0f} s)"

@@ -8,7 +8,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,7 +15,6 @@ pytest.importorskip("fastapi")
 pytest.importorskip("aiohttp")
 httpx = pytest.importorskip("httpx")
 
-from r2vcal.baselines import EntropyRouter  # noqa: E402
 from r2vcal.features import FEATURE_NAMES  # noqa: E402
 from r2vcal.serve import (  # noqa: E402
     CONVERSATION_HEADER,
@@ -24,21 +22,17 @@ from r2vcal.serve import (  # noqa: E402
     create_app,
     run_in_thread,
 )
+from tests.r2vcal import _serve_helpers as helpers  # noqa: E402
+from tests.r2vcal._serve_helpers import K  # noqa: E402
+from tests.r2vcal._serve_helpers import token as _token  # noqa: E402
 
-K = 3
+router = helpers.router
+
 TOOL_CALL = {
     "id": "call_1",
     "type": "function",
     "function": {"name": "read_file", "arguments": '{"path": "a.txt"}'},
 }
-
-
-def _token(tok: str, lp: float) -> dict:
-    alts = [{"token": tok, "logprob": lp, "bytes": None}]
-    alts.append(
-        {"token": "x", "logprob": float(np.log1p(-np.exp(lp)) - 1), "bytes": None}
-    )
-    return {"token": tok, "logprob": lp, "bytes": None, "top_logprobs": alts}
 
 
 class FakeUpstream:
@@ -124,15 +118,6 @@ class FakeUpstream:
                 "total_tokens": 0,
             },
         }
-
-
-@pytest.fixture(scope="module")
-def router():
-    """Escalates exactly the steps that follow a failed tool call."""
-    rng = np.random.default_rng(0)
-    X = pd.DataFrame(rng.uniform(size=(300, len(FEATURE_NAMES))), columns=FEATURE_NAMES)
-    X["tool_error"] = rng.integers(0, 2, len(X)).astype(float)
-    return EntropyRouter("tool_error").fit(X, X["tool_error"] > 0.5)
 
 
 @pytest.fixture(scope="module")

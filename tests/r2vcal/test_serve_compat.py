@@ -13,19 +13,18 @@ from __future__ import annotations
 import json
 import uuid
 
-import numpy as np
-import pandas as pd
 import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("aiohttp")
 
-from r2vcal.baselines import EntropyRouter
-from r2vcal.features import FEATURE_NAMES
 from r2vcal.serve import Upstream, create_app, run_in_thread
-from tests.r2vcal.test_serve_canned import Canned, ok_answer
+from tests.r2vcal import _serve_helpers as helpers
+from tests.r2vcal._serve_helpers import K, make_app, ok_answer
 
-K = 3
+router = helpers.router
+servers = helpers.servers
+
 TASK = "What is the weather in Paris?"
 
 
@@ -85,22 +84,6 @@ class Weather:
         return f"sunny in {city}"
 
 
-@pytest.fixture(scope="module")
-def router():
-    rng = np.random.default_rng(0)
-    X = pd.DataFrame(rng.uniform(size=(300, len(FEATURE_NAMES))), columns=FEATURE_NAMES)
-    X["tool_error"] = rng.integers(0, 2, len(X)).astype(float)
-    return EntropyRouter("tool_error").fit(X, X["tool_error"] > 0.5)
-
-
-@pytest.fixture(scope="module")
-def servers():
-    slm, llm = Canned("slm"), Canned("llm")
-    with run_in_thread(slm.app) as s1, run_in_thread(llm.app) as s2:
-        slm.url, llm.url = s1.url, s2.url
-        yield slm, llm
-
-
 @pytest.fixture
 def proxy(router, servers, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_AGENTS_DISABLE_TRACING", "1")
@@ -109,15 +92,7 @@ def proxy(router, servers, tmp_path, monkeypatch):
         s.reset()
         s.handler = agent_turn(s.name)
     log = tmp_path / "d.jsonl"
-    app = create_app(
-        router,
-        slm=Upstream(slm.url + "/v1", "small", max_retries=0),
-        llm=Upstream(llm.url + "/v1", "large", max_retries=0),
-        k=K,
-        threshold=0.5,
-        budget=1,
-        log_path=log,
-    )
+    app = make_app(router, servers, budget=1, log_path=log)
     with run_in_thread(app) as server:
         yield server.url + "/v1", log, slm, llm
 

@@ -10,63 +10,26 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pandas as pd
 import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("aiohttp")
 httpx = pytest.importorskip("httpx")
 
-from r2vcal.baselines import EntropyRouter  # noqa: E402
-from r2vcal.features import FEATURE_NAMES  # noqa: E402
 from r2vcal.serve import (  # noqa: E402
     CONVERSATION_HEADER,
-    Upstream,
-    create_app,
-    run_in_thread,
 )
-from tests.r2vcal.test_serve_canned import Canned, ok_answer  # noqa: E402
+from tests.r2vcal import _serve_helpers as helpers  # noqa: E402
+from tests.r2vcal._serve_helpers import ok_answer, start_proxy  # noqa: E402
 
-K = 3
+router = helpers.router
+servers = helpers.servers
+ups = helpers.ups
+
 FIRST = {"x-stainless-retry-count": "0"}
 
 
-@pytest.fixture(scope="module")
-def router():
-    """Escalates exactly the steps that follow a failed tool call."""
-    rng = np.random.default_rng(0)
-    X = pd.DataFrame(rng.uniform(size=(300, len(FEATURE_NAMES))), columns=FEATURE_NAMES)
-    X["tool_error"] = rng.integers(0, 2, len(X)).astype(float)
-    return EntropyRouter("tool_error").fit(X, X["tool_error"] > 0.5)
-
-
-@pytest.fixture(scope="module")
-def servers():
-    slm, llm = Canned("slm"), Canned("llm")
-    with run_in_thread(slm.app) as s1, run_in_thread(llm.app) as s2:
-        slm.url, llm.url = s1.url, s2.url
-        yield slm, llm
-
-
-@pytest.fixture
-def ups(servers):
-    for s in servers:
-        s.reset()
-    return servers
-
-
-def _proxy(router, ups, **kw):
-    slm, llm = ups
-    kw.setdefault("k", K)
-    kw.setdefault("threshold", 0.5)
-    app = create_app(
-        router,
-        slm=Upstream(slm.url + "/v1", "small", max_retries=0),
-        llm=Upstream(llm.url + "/v1", "large", max_retries=0),
-        **kw,
-    )
-    return app, run_in_thread(app)
+_proxy = start_proxy
 
 
 def _post(url, messages, headers=FIRST, **body):
@@ -263,7 +226,7 @@ def test_state_is_bounded_by_max_conversations(router, ups):
             agent.step(server.url)
         proxy = app.state.proxy
         assert len(proxy.convs) == 3
-        assert len(app.state.cascade._episodes) <= 3
+        assert len(app.state.cascade.open_episodes()) <= 3
         # an evicted conversation starts again with a fresh budget
         agents[0].step(server.url)
     assert agents[0].column("x-r2vcal-step") == ["0", "0"]
@@ -271,7 +234,7 @@ def test_state_is_bounded_by_max_conversations(router, ups):
 
 
 def test_tracker_memory_stays_flat_under_the_cap():
-    from r2vcal._serve_state import ConversationTracker
+    from r2vcal.serve.state import ConversationTracker
 
     evicted = []
     tracker = ConversationTracker(

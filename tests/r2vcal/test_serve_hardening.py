@@ -19,17 +19,19 @@ pytest.importorskip("fastapi")
 pytest.importorskip("aiohttp")
 httpx = pytest.importorskip("httpx")
 
-from r2vcal.baselines import EntropyRouter  # noqa: E402
-from r2vcal.features import FEATURE_NAMES  # noqa: E402
 from r2vcal.serve import (  # noqa: E402
     CONVERSATION_HEADER,
     Upstream,
     create_app,
     run_in_thread,
 )
-from tests.r2vcal.test_serve_canned import Canned, ok_answer  # noqa: E402
+from tests.r2vcal import _serve_helpers as helpers  # noqa: E402
+from tests.r2vcal._serve_helpers import K, ok_answer, start_proxy  # noqa: E402
 
-K = 3
+router = helpers.router
+servers = helpers.servers
+ups = helpers.ups
+
 TOOL_CALL = {
     "id": "call_1",
     "type": "function",
@@ -37,42 +39,10 @@ TOOL_CALL = {
 }
 
 
-@pytest.fixture(scope="module")
-def router():
-    """Escalates exactly the steps that follow a failed tool call."""
-    rng = np.random.default_rng(0)
-    X = pd.DataFrame(rng.uniform(size=(300, len(FEATURE_NAMES))), columns=FEATURE_NAMES)
-    X["tool_error"] = rng.integers(0, 2, len(X)).astype(float)
-    return EntropyRouter("tool_error").fit(X, X["tool_error"] > 0.5)
-
-
-@pytest.fixture(scope="module")
-def servers():
-    slm, llm = Canned("slm"), Canned("llm")
-    with run_in_thread(slm.app) as s1, run_in_thread(llm.app) as s2:
-        slm.url, llm.url = s1.url, s2.url
-        yield slm, llm
-
-
-@pytest.fixture
-def ups(servers):
-    for s in servers:
-        s.reset()
-    return servers
-
-
 def _proxy(router, ups, *, slm_kw=None, **kw):
-    slm, llm = ups
-    kw.setdefault("k", K)
-    kw.setdefault("threshold", 0.5)
-    retry = {"timeout": 5.0, "max_retries": 0, "backoff": 0.01}
-    app = create_app(
-        router,
-        slm=Upstream(slm.url + "/v1", "small", **{**retry, **(slm_kw or {})}),
-        llm=Upstream(llm.url + "/v1", "large", **retry),
-        **kw,
-    )
-    return app, run_in_thread(app)
+    retry = {"timeout": 5.0, "backoff": 0.01}
+    slm_kw = {**retry, **(slm_kw or {})}
+    return start_proxy(router, ups, slm_kw=slm_kw, llm_kw=retry, **kw)
 
 
 def _messages(tool_output=None, task="find the key"):
@@ -427,19 +397,19 @@ def test_inbound_api_key(router, ups):
 
 
 def test_open_server_off_loopback_warns(router, ups, capsys):
-    from r2vcal.serve import _warn_if_open
+    from r2vcal.serve.server import warn_if_open
 
     app, _ = _proxy(router, ups)
     with pytest.warns(UserWarning, match="without an API key"):
-        _warn_if_open(app, "0.0.0.0")
+        warn_if_open(app, "0.0.0.0")
     assert "WARNING" in capsys.readouterr().err
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _warn_if_open(app, "127.0.0.1")
+        warn_if_open(app, "127.0.0.1")
         keyed, _ = _proxy(router, ups, api_key="k")
-        _warn_if_open(keyed, "0.0.0.0")
+        warn_if_open(keyed, "0.0.0.0")
 
 
 def test_health_reports_the_upstreams(router, ups):
@@ -492,7 +462,7 @@ def test_startup_check_detects_n1_servers_and_missing_logprobs(router, ups):
 
 
 def test_batched_logprobs_match_the_per_choice_ones():
-    from r2vcal.serve import _choice_logprobs, _choices_logprobs
+    from r2vcal.serve.openai import choice_logprobs, choices_logprobs
 
     body = {"n": 4, "logprobs": True}
     choices = ok_answer("slm", body)["choices"]
@@ -506,8 +476,8 @@ def test_batched_logprobs_match_the_per_choice_ones():
         if bad:  # a non-numeric log-prob: that choice has no entropies
             choices[3] = json.loads(json.dumps(choices[3]))
             choices[3]["logprobs"]["content"][1]["top_logprobs"][0]["logprob"] = "x"
-        want = [_choice_logprobs(c) for c in choices]
-        got = _choices_logprobs(choices)
+        want = [choice_logprobs(c) for c in choices]
+        got = choices_logprobs(choices)
         for (lp_w, ent_w), (lp_g, ent_g) in zip(want, got, strict=True):
             np.testing.assert_array_equal(lp_g, lp_w)
             assert (ent_w is None) == (ent_g is None)
@@ -559,7 +529,7 @@ def test_no_request_body_makes_a_500(router, servers):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from r2vcal._serve_request import (
+    from r2vcal.serve.openai import (
         BOOL_FIELDS,
         INT_FIELDS,
         NUMBER_FIELDS,

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pandas as pd
 import pytest
 
 pytest.importorskip("fastapi")
@@ -16,12 +14,14 @@ pytest.importorskip("aiohttp")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from r2vcal.baselines import EntropyRouter  # noqa: E402
-from r2vcal.features import FEATURE_NAMES  # noqa: E402
-from r2vcal.serve import Upstream, create_app, run_in_thread  # noqa: E402
-from tests.r2vcal.test_serve_canned import Canned, ok_answer  # noqa: E402
+from r2vcal.serve import run_in_thread  # noqa: E402
+from tests.r2vcal import _serve_helpers as helpers  # noqa: E402
+from tests.r2vcal._serve_helpers import K, make_app, ok_answer  # noqa: E402
 
-K = 3
+router = helpers.router
+servers = helpers.servers
+ups = helpers.ups
+
 TOOLS = [
     {
         "type": "function",
@@ -54,35 +54,10 @@ def _tool_answer(name, body):
     return 200, doc
 
 
-@pytest.fixture(scope="module")
-def router():
-    rng = np.random.default_rng(0)
-    X = pd.DataFrame(rng.uniform(size=(300, len(FEATURE_NAMES))), columns=FEATURE_NAMES)
-    X["tool_error"] = rng.integers(0, 2, len(X)).astype(float)
-    return EntropyRouter("tool_error").fit(X, X["tool_error"] > 0.5)
-
-
-@pytest.fixture(scope="module")
-def servers():
-    slm, llm = Canned("slm"), Canned("llm")
-    with run_in_thread(slm.app) as s1, run_in_thread(llm.app) as s2:
-        slm.url, llm.url = s1.url, s2.url
-        yield slm, llm
-
-
 @pytest.fixture
-def proxy(router, servers):
-    slm, llm = servers
-    for s in servers:
-        s.reset()
-    app = create_app(
-        router,
-        slm=Upstream(slm.url + "/v1", "small", max_retries=0),
-        llm=Upstream(llm.url + "/v1", "large", max_retries=0),
-        k=K,
-        threshold=0.5,
-        budget=1,
-    )
+def proxy(router, ups):
+    slm, llm = ups
+    app = make_app(router, ups, budget=1)
     with run_in_thread(app) as server:
         client = openai.OpenAI(
             base_url=server.url + "/v1", api_key="unused", max_retries=0

@@ -1,7 +1,10 @@
-"""A canned OpenAI-compatible upstream for the serve tests (a test fixture).
+"""Shared fixtures of the serve tests: a canned upstream, a router, a proxy.
 
 ``Canned`` answers chat completions with ``n`` candidates and log-probs; a test
 changes ``handler`` to return any status and body (wrong shapes, 4xx, slow).
+A test module uses the fixtures by importing them::
+
+    from tests.r2vcal._serve_helpers import router, servers, ups  # noqa: F401
 """
 
 from __future__ import annotations
@@ -12,6 +15,14 @@ import threading
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pytest
+
+from r2vcal.baselines import EntropyRouter
+from r2vcal.features import FEATURE_NAMES
+
+#: Candidates per step in the serve tests.
+K = 3
 
 
 def token(tok: str, lp: float) -> dict:
@@ -85,3 +96,66 @@ class Canned:
     def reset(self) -> None:
         self.calls, self.finished, self.bodies, self.delay = 0, 0, [], 0.0
         self.handler = lambda body: (200, ok_answer(self.name, body))
+
+
+def tool_error_router() -> EntropyRouter:
+    """A router that escalates exactly the steps that follow a failed tool call."""
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.uniform(size=(300, len(FEATURE_NAMES))), columns=FEATURE_NAMES)
+    X["tool_error"] = rng.integers(0, 2, len(X)).astype(float)
+    return EntropyRouter("tool_error").fit(X, X["tool_error"] > 0.5)
+
+
+@pytest.fixture(scope="module")
+def router() -> EntropyRouter:
+    """:func:`tool_error_router`, once per module."""
+    return tool_error_router()
+
+
+@pytest.fixture(scope="module")
+def servers() -> Any:
+    """A canned SLM and LLM upstream, each served from a thread."""
+    from r2vcal.serve import run_in_thread
+
+    slm, llm = Canned("slm"), Canned("llm")
+    with run_in_thread(slm.app) as s1, run_in_thread(llm.app) as s2:
+        slm.url, llm.url = s1.url, s2.url
+        yield slm, llm
+
+
+@pytest.fixture
+def ups(servers: Any) -> Any:
+    """:func:`servers`, reset to their default answers."""
+    for s in servers:
+        s.reset()
+    return servers
+
+
+def make_app(
+    router: Any,
+    ups: Any,
+    *,
+    slm_kw: dict[str, Any] | None = None,
+    llm_kw: dict[str, Any] | None = None,
+    **kw: Any,
+) -> Any:
+    """A proxy app on the canned upstreams (no retries, ``k=K``, threshold 0.5)."""
+    from r2vcal.serve import Upstream, create_app
+
+    slm, llm = ups
+    kw.setdefault("k", K)
+    kw.setdefault("threshold", 0.5)
+    return create_app(
+        router,
+        slm=Upstream(slm.url + "/v1", "small", **{"max_retries": 0, **(slm_kw or {})}),
+        llm=Upstream(llm.url + "/v1", "large", **{"max_retries": 0, **(llm_kw or {})}),
+        **kw,
+    )
+
+
+def start_proxy(router: Any, ups: Any, **kw: Any) -> tuple[Any, Any]:
+    """:func:`make_app` and its server running in a thread."""
+    from r2vcal.serve import run_in_thread
+
+    app = make_app(router, ups, **kw)
+    return app, run_in_thread(app)

@@ -1,4 +1,4 @@
-"""State of ``r2vcal serve``: which conversation a request continues, and the log.
+"""State of ``r2vcal serve``: which conversation a request continues.
 
 Conversation identity (:class:`ConversationTracker`), in this order:
 
@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from r2vcal.serve.openai import CONVERSATION_HEADER, content_text
+
 __all__: list[str] = []
 
 #: What a tool-call id looks like inside re-rendered text.
@@ -50,18 +52,6 @@ _ID_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{7,}")
 
 #: ``metadata`` keys read as a conversation id, in order.
 METADATA_KEYS = ("conversation_id", "conversation", "session_id", "thread_id")
-
-
-def _text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(
-            str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content
-        )
-    return str(content)
 
 
 def _canonical_args(args: Any) -> Any:
@@ -80,7 +70,7 @@ def message_key(msg: Mapping[str, Any]) -> bytes:
     names and arguments (parsed when they are JSON); ids, ``name``, ``refusal``
     and formatting are left out.
     """
-    text = _text(msg.get("content")).strip()
+    text = content_text(msg.get("content")).strip()
     calls = msg.get("tool_calls") or []
     if msg.get("function_call"):
         calls = [*calls, {"function": msg["function_call"]}]
@@ -112,7 +102,7 @@ def history_hashes(messages: Sequence[Mapping[str, Any]]) -> list[bytes]:
 
 def explicit_id(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
     """The client's own conversation id, if it sent one."""
-    cid = headers.get("x-r2vcal-conversation")
+    cid = headers.get(CONVERSATION_HEADER)
     if cid:
         return cid[:200]
     meta = body.get("metadata")
@@ -297,7 +287,7 @@ class ConversationTracker:
         for m in reversed(messages):
             if m.get("role") != "assistant":
                 continue
-            for token in _ID_TOKEN.findall(_text(m.get("content"))):
+            for token in _ID_TOKEN.findall(content_text(m.get("content"))):
                 ids = self._by_call.get(token)
                 if ids:
                     return self.convs[ids[-1]]
@@ -433,86 +423,6 @@ def _unlist(index: dict[Any, list[str]], key: Any, cid: str) -> None:
         pass
     if not ids:
         del index[key]
-
-
-# --------------------------------------------------------------------------- #
-# Parquet decision log: a part file per flush, merged at a clean shutdown
-# --------------------------------------------------------------------------- #
-class ParquetLog:
-    """Decisions as Parquet, crash-safe.
-
-    Every flush (``every`` rows) writes a complete part file
-    ``<path>.parts/part-NNNNNN.parquet`` (written to a temporary name, then
-    renamed), so a crash loses at most the rows not yet flushed. A clean
-    shutdown merges the parts, after any rows a previous run left in ``path``,
-    into ``path``. After a crash, the next start picks the parts up again;
-    ``pandas.read_parquet("<path>.parts")`` reads them meanwhile.
-    """
-
-    def __init__(self, path: Path, schema: Any, every: int) -> None:
-        import pyarrow.parquet as pq
-
-        self.path, self.every, self.schema = path, max(int(every), 1), schema
-        self.parts = path.with_name(path.name + ".parts")
-        if path.exists():
-            if not path.is_file():
-                raise ValueError(
-                    f"The 'log_path' {str(path)!r} exists and is not a file."
-                )
-            old = pq.read_schema(path)
-            if old.names != schema.names:
-                raise ValueError(
-                    f"The decision log {str(path)!r} has other columns than this "
-                    "server writes (a different router or version); pass another "
-                    "log path."
-                )
-        self.parts.mkdir(parents=True, exist_ok=True)
-        self.rows: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        self._next = 1 + max(
-            (int(p.stem.split("-")[1]) for p in self.parts.glob("part-*.parquet")),
-            default=0,
-        )
-
-    def append(self, row: dict[str, Any]) -> None:
-        with self.lock:
-            self.rows.append(row)
-            if len(self.rows) >= self.every:
-                self._flush()
-
-    def _flush(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if not self.rows:
-            return
-        table = pa.Table.from_pylist(self.rows, schema=self.schema)
-        final = self.parts / f"part-{self._next:06d}.parquet"
-        tmp = final.with_suffix(".tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(final)
-        self._next += 1
-        self.rows = []
-
-    def close(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        with self.lock:
-            self._flush()
-            tables = [pq.read_table(self.path)] if self.path.is_file() else []
-            parts = sorted(self.parts.glob("part-*.parquet"))
-            tables += [pq.read_table(p) for p in parts]
-            merged = pa.concat_tables(tables) if tables else self.schema.empty_table()
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            pq.write_table(merged, tmp)
-            tmp.replace(self.path)
-            for p in parts:
-                p.unlink()
-            try:
-                self.parts.rmdir()
-            except OSError:
-                pass
 
 
 # --------------------------------------------------------------------------- #

@@ -20,12 +20,9 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from r2vcal._serve_request import BadRequest, header_value, validate_chat
-
-if TYPE_CHECKING:  # pragma: no cover
-    from r2vcal.serve import _Proxy, _Result
+from r2vcal.serve.openai import BadRequest, header_value, validate_chat
 
 __all__: list[str] = []
 
@@ -410,70 +407,62 @@ def response_events(doc: Mapping[str, Any]) -> list[bytes]:
 
 
 def response_from_chat(
-    res: _Result, body: Mapping[str, Any], store: OrderedDict[str, Any], cap: int
+    doc: Mapping[str, Any],
+    headers: Mapping[str, str],
+    extra: dict[str, Any],
+    body: Mapping[str, Any],
+    store: OrderedDict[str, Any],
+    cap: int,
 ) -> Any:
-    """The HTTP answer to a Responses request; remembers it for continuations."""
+    """The HTTP answer to a Responses request; remembers it for continuations.
+
+    ``doc`` is the step's chat answer; ``extra`` holds its ``messages`` and
+    answer ``message`` and keeps the ``response`` (so a retry gets the same).
+    """
     from fastapi.responses import JSONResponse, StreamingResponse
 
-    doc = res.extra.get("response")
-    if doc is None:
+    resp = extra.get("response")
+    if resp is None:
         rid = "resp_" + secrets.token_hex(12)
-        doc = res.extra["response"] = response_doc(res.doc, body, rid)
-        history = [*res.extra["messages"], res.extra["message"]]
-        store[rid] = (res.headers.get("x-r2vcal-conversation"), history)
+        resp = extra["response"] = response_doc(doc, body, rid)
+        history = [*extra["messages"], extra["message"]]
+        store[rid] = (headers.get("x-r2vcal-conversation"), history)
         while len(store) > cap:
             store.popitem(last=False)
-    headers = {**res.headers, "x-r2vcal-response-id": header_value(doc["id"])}
+    headers = {**headers, "x-r2vcal-response-id": header_value(resp["id"])}
     if body.get("stream"):
         return StreamingResponse(
-            iter(response_events(doc)), media_type="text/event-stream", headers=headers
+            iter(response_events(resp)), media_type="text/event-stream", headers=headers
         )
-    return JSONResponse(doc, headers=headers)
+    return JSONResponse(resp, headers=headers)
 
 
-def add_responses_route(app: Any, proxy: _Proxy) -> None:
-    """Serve ``POST /v1/responses`` from ``proxy``."""
-    from r2vcal._serve_request import parse_json
+def read_request(
+    body: Any, store: OrderedDict[str, Any]
+) -> tuple[dict[str, Any], str | None]:
+    """A Responses request as a chat request, and its explicit conversation id.
 
-    store: OrderedDict[str, Any] = OrderedDict()
-    proxy.responses_store = store
-
-    async def responses(request: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            proxy._check_auth(request.headers)
-            body = parse_json(await proxy._read_body(request))
-            if not isinstance(body, dict):
-                raise BadRequest(
-                    f"The request body must be a JSON object; got {type(body).__name__}."
-                )
-            explicit = conversation_of(body)
-            prev = body.get("previous_response_id")
-            history = None
-            if prev is not None:
-                known = store.get(prev) if isinstance(prev, str) else None
-                if known is None:
-                    raise BadRequest(
-                        f"'previous_response_id' {prev!r:.60} is not a response of "
-                        "this proxy (unknown, or dropped after max_conversations "
-                        "newer ones); send the whole input instead.",
-                        "previous_response_id",
-                        status=404 if isinstance(prev, str) else 400,
-                    )
-                store.move_to_end(prev)
-                explicit = explicit or known[0]
-                history = known[1]
-            chat = chat_request(body, history)
-        except BadRequest as exc:
-            return proxy._fail(exc, t0)
-        return await proxy._serve(
-            request,
-            chat,
-            chat["messages"],
-            t0,
-            "responses",
-            explicit=explicit,
-            reply_body=body,
+    ``previous_response_id`` continues a response in ``store`` (the history it
+    answered plus its answer).
+    """
+    if not isinstance(body, dict):
+        raise BadRequest(
+            f"The request body must be a JSON object; got {type(body).__name__}."
         )
-
-    app.router.add_route("/v1/responses", responses, methods=["POST"])
+    explicit = conversation_of(body)
+    prev = body.get("previous_response_id")
+    history = None
+    if prev is not None:
+        known = store.get(prev) if isinstance(prev, str) else None
+        if known is None:
+            raise BadRequest(
+                f"'previous_response_id' {prev!r:.60} is not a response of "
+                "this proxy (unknown, or dropped after max_conversations "
+                "newer ones); send the whole input instead.",
+                "previous_response_id",
+                status=404 if isinstance(prev, str) else 400,
+            )
+        store.move_to_end(prev)
+        explicit = explicit or known[0]
+        history = known[1]
+    return chat_request(body, history), explicit

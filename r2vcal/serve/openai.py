@@ -1,9 +1,14 @@
-"""Checks for ``r2vcal serve``: client requests in, upstream answers back.
+"""The OpenAI Chat Completions schema as ``r2vcal serve`` reads it.
 
-Everything here is pure Python and runs before any upstream call: a request the
-proxy would forward is valid in every field it knows, and an upstream answer the
-proxy reads has the shape it reads. Field tables are the single source of the
-valid values (errors and docs read them).
+Requests in: every field the proxy knows is checked before any upstream call
+(:func:`validate_chat`), refusals are OpenAI error bodies (:class:`BadRequest`,
+:func:`error_body`) and header values carry no control characters
+(:func:`header_value`, :func:`scrub`). Field tables are the single source of
+the valid values (errors and docs read them).
+
+Answers back: an upstream answer the proxy reads has the shape it reads
+(:func:`answer_problem`); :func:`choice_text`, :func:`choices_logprobs` and
+:func:`add_usage` read a checked answer.
 """
 
 from __future__ import annotations
@@ -11,10 +16,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__: list[str] = []
+import numpy as np
+
+from r2vcal.features import topn_entropy
+
+__all__ = ["CONVERSATION_HEADER", "TOOL_ERROR_PATTERN"]
 
 #: Roles a chat message may have.
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -363,3 +372,201 @@ def answer_problem(doc: Mapping[str, Any], *, want: int = 1) -> str | None:
             if v is not None and not (_is_number(v) and v >= 0):
                 return f"usage.{key} is not a count"
     return None
+
+
+CONVERSATION_HEADER = "x-r2vcal-conversation"
+
+#: A tool message since the last assistant turn matching this (case-insensitive)
+#: sets the step's ``tool_error`` feature.
+TOOL_ERROR_PATTERN = (
+    r"\b(error|errors|exception|traceback|failed|failure|fatal|"
+    r"not found|no such file|permission denied|timed out|invalid)\b"
+)
+
+_OBSERVATION = "Observation:"
+
+
+def content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content
+        )
+    return str(content)
+
+
+def has_tool_error(
+    messages: Sequence[dict[str, Any]], pattern: re.Pattern[str]
+) -> bool:
+    """A tool result since the last assistant turn reports an error.
+
+    Tool results are ``tool``/``function`` messages, and user messages that
+    start with ``Observation:`` (how smolagents sends tool results).
+    """
+    for m in reversed(messages):
+        role = m.get("role")
+        if role == "assistant":
+            return False
+        if role in ("tool", "function"):
+            text = content_text(m.get("content"))
+        elif role == "user":
+            text = content_text(m.get("content"))
+            if not text.startswith(_OBSERVATION):
+                continue
+        else:
+            continue
+        if pattern.search(text):
+            return True
+    return False
+
+
+def choice_text(choice: Mapping[str, Any]) -> str:
+    """The action of a choice: its content plus its tool calls, as one string."""
+    msg = choice.get("message") or {}
+    text = content_text(msg.get("content"))
+    calls = msg.get("tool_calls") or (
+        [{"function": msg["function_call"]}] if msg.get("function_call") else []
+    )
+    if calls:
+        fns = [
+            {
+                "name": (c.get("function") or {}).get("name"),
+                "arguments": (c.get("function") or {}).get("arguments"),
+            }
+            for c in calls
+            if isinstance(c, dict)
+        ]
+        text = (text + " " if text else "") + json.dumps(fns, sort_keys=True)
+    return text
+
+
+def _number(value: Any) -> float:
+    """``value`` as a float, NaN for anything that is not a number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return math.nan
+
+
+def choice_logprobs(choice: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-token log-probs and (from ``top_logprobs``) entropies of a choice."""
+    tokens = (choice.get("logprobs") or {}).get("content") or []
+    try:
+        lp = np.array([t["logprob"] for t in tokens], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):  # missing or non-numeric entries
+        lp = np.array(
+            [
+                _number(t.get("logprob")) if isinstance(t, dict) else np.nan
+                for t in tokens
+            ],
+            dtype=np.float64,
+        )
+    lp = np.where(np.isfinite(lp), np.minimum(lp, 0.0), -100.0)
+    if not tokens:
+        return lp, None
+    try:
+        rows = [[a["logprob"] for a in t["top_logprobs"]] for t in tokens]
+    except (KeyError, TypeError):
+        return lp, None
+    width = max(map(len, rows))
+    if width == 0:
+        return lp, None
+    try:
+        top = _padded(rows, width)
+    except (TypeError, ValueError):  # a null or non-numeric log-prob
+        return lp, None
+    return lp, _entropies(top)
+
+
+def _padded(rows: Sequence[Sequence[Any]], width: int) -> np.ndarray:
+    """Rows of top log-probs as one ``(n, width)`` array padded with ``-inf``."""
+    if all(len(r) == width for r in rows):
+        return np.array(rows, dtype=np.float64)
+    top = np.full((len(rows), width), -np.inf)
+    for i, r in enumerate(rows):
+        top[i, : len(r)] = r
+    return top
+
+
+def _entropies(top: np.ndarray) -> np.ndarray:
+    """Token entropies from rows of top log-probs (padding is ``-inf``).
+
+    :func:`r2vcal.features.topn_entropy`, the definition every backend uses;
+    non-finite log-probs count as padding.
+    """
+    return topn_entropy(np.where(np.isfinite(top), top, -np.inf))
+
+
+def choices_logprobs(
+    choices: Sequence[Mapping[str, Any]],
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """:func:`choice_logprobs` of every choice, with one entropy computation."""
+    lps: list[np.ndarray] = []
+    rows: list[list[Any]] = []
+    spans: list[tuple[int, int, int]] = []
+    for j, choice in enumerate(choices):
+        tokens = (choice.get("logprobs") or {}).get("content") or []
+        try:
+            lp = np.array([t["logprob"] for t in tokens], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            return [choice_logprobs(c) for c in choices]
+        lps.append(np.where(np.isfinite(lp), np.minimum(lp, 0.0), -100.0))
+        if not tokens:
+            continue
+        try:
+            mine = [[a["logprob"] for a in t["top_logprobs"]] for t in tokens]
+        except (KeyError, TypeError):
+            continue
+        if max(map(len, mine)) == 0:
+            continue
+        spans.append((j, len(rows), len(rows) + len(mine)))
+        rows += mine
+    ents: list[np.ndarray | None] = [None] * len(choices)
+    if rows:
+        try:
+            top = _padded(rows, max(map(len, rows)))
+        except (TypeError, ValueError):  # a null or non-numeric log-prob somewhere
+            return [choice_logprobs(c) for c in choices]
+        ent = _entropies(top)
+        for j, a, b in spans:
+            ents[j] = ent[a:b]
+    return list(zip(lps, ents, strict=True))
+
+
+def add_usage(*docs: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The summed ``usage`` of several answers (None when none reports one)."""
+    out: dict[str, Any] = {}
+    for doc in docs:
+        usage = None if doc is None else doc.get("usage")
+        if not isinstance(usage, dict):
+            continue
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            v = usage.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[key] = out.get(key, 0) + int(v)
+    if not out:
+        return None
+    out.setdefault("prompt_tokens", 0)
+    out.setdefault("completion_tokens", 0)
+    out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
+    return out
+
+
+def merge_answers(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One answer with the choices of several, re-indexed, usage summed."""
+    if len(docs) == 1:
+        return docs[0]
+    choices = [
+        dict(c, index=i) for i, c in enumerate(c for d in docs for c in d["choices"])
+    ]
+    return {**docs[0], "choices": choices, "usage": add_usage(*docs)}
+
+
+def retry_count(headers: Mapping[str, str]) -> int | None:
+    raw = headers.get("x-stainless-retry-count")
+    try:
+        return None if raw is None else int(raw)
+    except ValueError:
+        return None
