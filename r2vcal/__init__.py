@@ -4,8 +4,7 @@
 matplotlib are imported lazily by the code paths that need them.
 """
 
-__version__ = "0.1.0"
-
+from r2vcal._version import __version__
 from r2vcal.baselines import (
     EntropyRouter,
     LogisticRouter,

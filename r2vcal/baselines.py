@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import expit
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.base import _fit_context
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils import check_random_state
@@ -34,12 +34,8 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from r2vcal.persist import register_persistable
-from r2vcal.router import (
-    cost_threshold,
-    encode_binary_target,
-    weighted_standardisation,
-)
+from r2vcal._base import BaseRouter, as_unit_interval, positive_proba
+from r2vcal.router import weighted_standardisation
 
 __all__ = [
     "EntropyRouter",
@@ -59,54 +55,7 @@ _COST_CONSTRAINTS: dict[str, list[Any]] = {
 }
 
 
-class _BaseRouter(ClassifierMixin, BaseEstimator):
-    """Shared plumbing: binary target, Bayes threshold, ``route``."""
-
-    deployable: ClassVar[bool] = True
-
-    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
-        # one feature (or none): no accuracy promise on arbitrary data
-        tags.classifier_tags.poor_score = True
-        return tags
-
-    def _fit_target(self, y: ArrayLike) -> NDArray[np.float64]:
-        return encode_binary_target(self, y)
-
-    def _set_threshold(self) -> None:
-        self.threshold_ = cost_threshold(self)
-
-    def _proba1(self, X: Any) -> NDArray[np.float64]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
-        """Probabilities of both classes; column 1 is "needs escalation"."""
-        p = self._proba1(X)
-        return np.column_stack([1.0 - p, p])
-
-    def risk_score(self, X: ArrayLike) -> NDArray[np.float64]:
-        """Ranking score, higher = riskier (the escalation probability here)."""
-        return self._proba1(X)
-
-    def decision_function(self, X: ArrayLike) -> NDArray[np.float64]:
-        """Log-odds of the escalation probability."""
-        p = np.clip(self._proba1(X), 1e-12, 1 - 1e-12)
-        return np.asarray(np.log(p) - np.log1p(-p), dtype=np.float64)
-
-    def predict(self, X: ArrayLike) -> NDArray[Any]:
-        """Most likely class (probability threshold 0.5)."""
-        p = self._proba1(X)
-        return np.asarray(self.classes_[(p > 0.5).astype(np.intp)])
-
-    def route(self, X: ArrayLike, threshold: float | None = None) -> NDArray[np.bool_]:
-        """``True`` where the step should be escalated (probability >= threshold)."""
-        check_is_fitted(self)
-        tau = self.threshold_ if threshold is None else float(threshold)
-        return self._proba1(X) >= tau
-
-
-class _FeatureRouter(_BaseRouter):
+class _FeatureRouter(BaseRouter):
     """Escalate on a monotone function of a single feature column."""
 
     _risk_increases: ClassVar[bool] = True
@@ -193,7 +142,6 @@ class _FeatureRouter(_BaseRouter):
         return s if self._risk_increases else -s
 
 
-@register_persistable
 class EntropyRouter(_FeatureRouter):
     """Escalate when the SLM's token entropy is high (literature heuristic).
 
@@ -211,7 +159,6 @@ class EntropyRouter(_FeatureRouter):
     _default_feature = "entropy_mean"
 
 
-@register_persistable
 class VerifierRouter(_FeatureRouter):
     """Escalate when the best verifier score is low (process-reward heuristic).
 
@@ -228,18 +175,7 @@ class VerifierRouter(_FeatureRouter):
     _default_feature = "verifier_max"
 
 
-@register_persistable(
-    attributes={
-        "classes_": "array|strarray",
-        "feature_names_in_": "strarray",
-        "n_features_in_": "int",
-        "threshold_": "number",
-        "coef_": "array",
-        "intercept_": "array",
-        "n_iter_": "int",
-    }
-)
-class LogisticRouter(_BaseRouter):
+class LogisticRouter(BaseRouter):
     """scikit-learn ``LogisticRegression`` on standardised features: the yardstick.
 
     The first question about any router is "does it beat plain logistic
@@ -276,6 +212,8 @@ class LogisticRouter(_BaseRouter):
     (2, 2)
     """
 
+    _poor_score = False
+
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "C": [Interval(Real, 0, None, closed="neither")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
@@ -298,11 +236,6 @@ class LogisticRouter(_BaseRouter):
         self.cost_llm = cost_llm
         self.miss_cost = miss_cost
         self.threshold = threshold
-
-    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.poor_score = False
-        return tags
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(
@@ -332,8 +265,7 @@ class LogisticRouter(_BaseRouter):
         return np.asarray(expit(Xv @ self.coef_[0] + self.intercept_[0]))
 
 
-@register_persistable
-class RandomRouter(_BaseRouter):
+class RandomRouter(BaseRouter):
     """Escalate a share ``rate`` of the steps at random.
 
     ``predict_proba`` returns the training base rate (the best constant forecast),
@@ -385,8 +317,7 @@ class RandomRouter(_BaseRouter):
         return rng.random_sample(Xv.shape[0]) < float(self.rate)
 
 
-@register_persistable
-class OracleRouter(_BaseRouter):
+class OracleRouter(BaseRouter):
     """Hindsight oracle: escalates exactly the steps whose label is 1.
 
     Not deployable (``deployable = False``): it reads the true label from the
@@ -453,28 +384,7 @@ def risk_score(router: Any, X: Any) -> NDArray[np.float64]:
     """
     if hasattr(router, "risk_score"):
         return np.asarray(router.risk_score(X), dtype=np.float64)
-    return _positive_proba(router, X)
-
-
-def _as_unit_interval(score: NDArray[np.float64]) -> NDArray[np.float64]:
-    """A monotone map of ``score`` into [0, 1] that keeps ties (dense ranks)."""
-    from scipy.stats import rankdata
-
-    r = rankdata(score, method="dense")
-    return np.asarray((r - 1.0) / max(float(r.max()) - 1.0, 1.0))
-
-
-def _positive_proba(router: Any, X: Any) -> NDArray[np.float64]:
-    """Column 1 of ``predict_proba`` or, for an array, the array itself."""
-    if hasattr(router, "predict_proba"):
-        return np.asarray(router.predict_proba(X)[:, 1], dtype=np.float64)
-    p = np.asarray(router, dtype=np.float64)
-    if p.ndim != 1:
-        raise ValueError(
-            "compare_routers: each entry of 'routers' must be a fitted router or a "
-            f"1-d array of escalation probabilities; got an array of shape {p.shape}."
-        )
-    return p
+    return positive_proba(router, X, arrays=True)
 
 
 def compare_routers(
@@ -569,10 +479,10 @@ def compare_routers(
     slm = 1.0 - y01 if slm_success is None else np.asarray(slm_success, np.float64)
     llm = np.ones(n) if llm_success is None else np.asarray(llm_success, np.float64)
     g = None if groups is None else np.asarray(groups)
-    probs = {name: _positive_proba(r, X) for name, r in routers.items()}
+    probs = {name: positive_proba(r, X, arrays=True) for name, r in routers.items()}
     given = dict(scores or {})
     ranks = {
-        name: _as_unit_interval(
+        name: as_unit_interval(
             np.asarray(given[name], dtype=np.float64)
             if name in given
             else risk_score(r, X)

@@ -32,6 +32,16 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
 from r2vcal._objective import exact_cvar
+from r2vcal._validation import (
+    STRATEGIES,
+    FloatArray,
+    bin_edges,
+    bin_index,
+    check_choice,
+    check_float,
+    check_inputs,
+    check_int,
+)
 
 __all__ = [
     "BootstrapCI",
@@ -47,10 +57,7 @@ __all__ = [
     "smooth_calibration_error",
 ]
 
-STRATEGIES = frozenset({"uniform", "quantile"})
 NORMS = frozenset({"l1", "l2", "max"})
-
-FloatArray = NDArray[np.float64]
 
 
 class ReliabilityCurve(NamedTuple):
@@ -84,152 +91,6 @@ class BootstrapCI(NamedTuple):
 
 
 # ---------------------------------------------------------------------------
-# validation helpers
-# ---------------------------------------------------------------------------
-
-
-def _fmt_choices(choices: frozenset[str]) -> str:
-    return "{" + ", ".join(repr(c) for c in sorted(choices)) + "}"
-
-
-def _check_choice(value: Any, name: str, choices: frozenset[str], caller: str) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(
-            f"The {name!r} parameter of {caller} must be a str among "
-            f"{_fmt_choices(choices)}. Got {value!r} instead."
-        )
-    return value
-
-
-def _check_int(value: Any, name: str, caller: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(
-            f"The {name!r} parameter of {caller} must be an int in the range "
-            f"[{minimum}, inf). Got {value!r} instead."
-        )
-    if value < minimum:
-        raise ValueError(
-            f"The {name!r} parameter of {caller} must be an int in the range "
-            f"[{minimum}, inf). Got {value!r} instead."
-        )
-    return int(value)
-
-
-def _check_float(
-    value: Any,
-    name: str,
-    caller: str,
-    low: float,
-    high: float,
-    closed: str = "both",
-) -> float:
-    """Check a real scalar in an interval; ``closed`` in {both, left, right, neither}."""
-    lo_br = "[" if closed in ("both", "left") else "("
-    hi_br = "]" if closed in ("both", "right") else ")"
-    msg = (
-        f"The {name!r} parameter of {caller} must be a float in the range "
-        f"{lo_br}{low}, {high}{hi_br}. Got {value!r} instead."
-    )
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(msg)
-    v = float(value)
-    if not np.isfinite(v) and not (v == high == np.inf and hi_br == "]"):
-        raise ValueError(msg)
-    ok_lo = v >= low if lo_br == "[" else v > low
-    ok_hi = v <= high if hi_br == "]" else v < high
-    if not (ok_lo and ok_hi):
-        raise ValueError(msg)
-    return v
-
-
-def _as_1d(x: Any, name: str, caller: str, dtype: Any = np.float64) -> NDArray[Any]:
-    """Convert to a 1-D numeric array or raise a ValueError naming ``name``."""
-    if x is None:
-        raise ValueError(f"{caller}: {name} is required; got None.")
-    try:
-        arr = np.asarray(x)
-        if arr.dtype.kind in "OUSVMm":
-            raise TypeError(f"dtype {arr.dtype}")
-        if arr.dtype.kind == "c":
-            raise TypeError("complex values")
-        arr = arr.astype(dtype, copy=False)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError(
-            f"{caller}: {name} must be a 1-D array of real numbers; it could not be "
-            f"converted ({exc})."
-        ) from None
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1:
-        raise ValueError(
-            f"{caller}: {name} must be 1-D (one value per sample); got an array of "
-            f"shape {arr.shape}."
-        )
-    return arr
-
-
-def _check_prob(y_prob: Any, caller: str, name: str = "y_prob") -> FloatArray:
-    p = _as_1d(y_prob, name, caller)
-    if p.size == 0:
-        raise ValueError(f"{caller}: {name} is empty; at least one sample is needed.")
-    lo, hi = float(p.min()), float(p.max())
-    if np.isnan(lo) or np.isnan(hi):
-        raise ValueError(f"{caller}: {name} contains NaN.")
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(
-            f"{caller}: {name} must contain probabilities in [0, 1]; got values in "
-            f"[{lo!r}, {hi!r}]. Pass predict_proba(X)[:, 1], not decision_function."
-        )
-    return p
-
-
-def _check_labels(y_true: Any, caller: str, name: str = "y_true") -> FloatArray:
-    y = _as_1d(y_true, name, caller)
-    if y.size == 0:
-        raise ValueError(f"{caller}: {name} is empty; at least one sample is needed.")
-    ok = (y == 0.0) | (y == 1.0)
-    if not ok.all():
-        bad = np.unique(y[~ok])[:5]
-        raise ValueError(
-            f"{caller}: {name} must contain binary labels 0/1 (or booleans); got "
-            f"other values such as {bad.tolist()}. Only binary classification is "
-            "supported."
-        )
-    return y
-
-
-def _check_weight(
-    sample_weight: Any, n: int, caller: str, name: str = "sample_weight"
-) -> FloatArray | None:
-    if sample_weight is None:
-        return None
-    w = _as_1d(sample_weight, name, caller)
-    if w.shape[0] != n:
-        raise ValueError(
-            f"{caller}: {name} has {w.shape[0]} entries but there are {n} samples."
-        )
-    if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise ValueError(f"{caller}: {name} must be finite and non-negative.")
-    if not w.sum() > 0:
-        raise ValueError(f"{caller}: {name} sums to zero; nothing to average.")
-    return w
-
-
-def _check_inputs(
-    y_true: Any, y_prob: Any, sample_weight: Any, caller: str
-) -> tuple[FloatArray, FloatArray, FloatArray | None]:
-    y = _check_labels(y_true, caller)
-    p = _check_prob(y_prob, caller)
-    if y.shape[0] != p.shape[0]:
-        raise ValueError(
-            f"{caller}: y_true and y_prob must have the same length; got "
-            f"{y.shape[0]} and {p.shape[0]}."
-        )
-    w = _check_weight(sample_weight, y.shape[0], caller)
-    return y, p, w
-
-
-# ---------------------------------------------------------------------------
 # binning
 # ---------------------------------------------------------------------------
 
@@ -242,55 +103,6 @@ def _bincount(
     return np.asarray(out, dtype=np.float64)
 
 
-def _weighted_quantiles(p: FloatArray, w: FloatArray, q: FloatArray) -> FloatArray:
-    """Weighted quantiles by linear interpolation between order statistics.
-
-    Sorted value ``i`` sits at position ``(S_i - w_i) / (W - w_last)`` where
-    ``S_i`` is the cumulative weight; with equal weights this is ``i / (n - 1)``,
-    i.e. exactly :func:`numpy.quantile`'s default (linear) method.
-    """
-    keep = w > 0
-    p, w = p[keep], w[keep]
-    order = np.argsort(p, kind="stable")
-    ps, ws = p[order], w[order]
-    denom = ws.sum() - ws[-1]
-    if ps.size == 1 or denom <= 0:
-        return np.full(q.shape, ps[-1])
-    pos = (np.cumsum(ws) - ws) / denom
-    return np.asarray(np.interp(q, pos, ps), dtype=np.float64)
-
-
-def _bin_edges(
-    p: FloatArray, w: FloatArray | None, n_bins: int, strategy: str
-) -> FloatArray:
-    if strategy == "uniform":
-        return np.linspace(0.0, 1.0, n_bins + 1)
-    q = np.linspace(0.0, 1.0, n_bins + 1)
-    if w is None:
-        edges: FloatArray = np.quantile(p, q)
-    else:
-        edges = _weighted_quantiles(p, w, q)
-    return np.maximum.accumulate(edges)  # guard against rounding non-monotonicity
-
-
-def _bin_index(p: FloatArray, edges: FloatArray, uniform: bool) -> NDArray[np.intp]:
-    """Bin of each probability: ``e_k <= p < e_{k+1}``, last bin closed."""
-    n_bins = edges.size - 1
-    if uniform:
-        # fast path: floor(p * n_bins), re-checked exactly against the edges for
-        # the few values that lie within rounding distance of an edge
-        scaled = p * n_bins
-        idx = scaled.astype(np.intp)
-        frac = scaled - idx
-        near = np.flatnonzero((frac < 1e-9) | (frac > 1.0 - 1e-9))
-        if near.size:
-            idx[near] = np.searchsorted(edges, p[near], side="right") - 1
-    else:
-        idx = np.searchsorted(edges, p, side="right") - 1
-    np.clip(idx, 0, n_bins - 1, out=idx)
-    return idx
-
-
 def _binned_sums(
     y: FloatArray,
     p: FloatArray,
@@ -299,8 +111,8 @@ def _binned_sums(
     strategy: str,
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
     """Per-bin weight, weighted sum of p, weighted sum of y, sum of w**2, edges."""
-    edges = _bin_edges(p, w, n_bins, strategy)
-    idx = _bin_index(p, edges, strategy == "uniform")
+    edges = bin_edges(p, w, n_bins, strategy)
+    idx = bin_index(p, edges, strategy == "uniform")
     if w is None:
         cnt = _bincount(idx, None, n_bins)
         sp = _bincount(idx, p, n_bins)
@@ -376,10 +188,10 @@ def expected_calibration_error(
     0.3167
     """
     caller = "expected_calibration_error"
-    n_bins = _check_int(n_bins, "n_bins", caller)
-    strategy = _check_choice(strategy, "strategy", STRATEGIES, caller)
-    norm = _check_choice(norm, "norm", NORMS, caller)
-    y, p, w = _check_inputs(y_true, y_prob, sample_weight, caller)
+    n_bins = check_int(n_bins, "n_bins", caller)
+    strategy = check_choice(strategy, "strategy", STRATEGIES, caller)
+    norm = check_choice(norm, "norm", NORMS, caller)
+    y, p, w = check_inputs(y_true, y_prob, sample_weight, caller)
     cnt, sp, sy, _, _ = _binned_sums(y, p, w, n_bins, strategy)
     total = cnt.sum()
     nz = cnt > 0
@@ -450,14 +262,14 @@ def debiased_calibration_error(
     True
     """
     caller = "debiased_calibration_error"
-    n_bins = _check_int(n_bins, "n_bins", caller)
-    strategy = _check_choice(strategy, "strategy", STRATEGIES, caller)
+    n_bins = check_int(n_bins, "n_bins", caller)
+    strategy = check_choice(strategy, "strategy", STRATEGIES, caller)
     if not isinstance(squared, (bool, np.bool_)):
         raise ValueError(
             f"The 'squared' parameter of {caller} must be a bool. Got {squared!r} "
             "instead."
         )
-    y, p, w = _check_inputs(y_true, y_prob, sample_weight, caller)
+    y, p, w = check_inputs(y_true, y_prob, sample_weight, caller)
     cnt, sp, sy, sw2, _ = _binned_sums(y, p, w, n_bins, strategy)
     total = cnt.sum()
     nz = cnt > 0
@@ -567,7 +379,7 @@ def smooth_calibration_error(
                 f"The 'bandwidth' parameter of {caller} must be 'auto' or a float "
                 f"in the range [0.001, inf). Got {bandwidth!r} instead."
             )
-    y, p, w = _check_inputs(y_true, y_prob, sample_weight, caller)
+    y, p, w = check_inputs(y_true, y_prob, sample_weight, caller)
     wn = np.full(p.size, 1.0 / p.size) if w is None else w / w.sum()
     r = wn * (y - p)
 
@@ -660,9 +472,9 @@ def reliability_curve(
     [0.15, 0.8]
     """
     caller = "reliability_curve"
-    n_bins = _check_int(n_bins, "n_bins", caller)
-    strategy = _check_choice(strategy, "strategy", STRATEGIES, caller)
-    y, p, w = _check_inputs(y_true, y_prob, sample_weight, caller)
+    n_bins = check_int(n_bins, "n_bins", caller)
+    strategy = check_choice(strategy, "strategy", STRATEGIES, caller)
+    y, p, w = check_inputs(y_true, y_prob, sample_weight, caller)
     cnt, sp, sy, _, edges = _binned_sums(y, p, w, n_bins, strategy)
     nz = cnt > 0
     prob_true = np.full(n_bins, np.nan)
@@ -720,7 +532,7 @@ def brier_decomposition(
     from sklearn.isotonic import IsotonicRegression
 
     caller = "brier_decomposition"
-    y, p, w = _check_inputs(y_true, y_prob, sample_weight, caller)
+    y, p, w = check_inputs(y_true, y_prob, sample_weight, caller)
     wn = np.full(p.size, 1.0 / p.size) if w is None else w / w.sum()
     keep = wn > 0
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True)
@@ -838,11 +650,11 @@ def group_metrics(
     ('b', 0.36)
     """
     caller = "group_metrics"
-    n_bins = _check_int(n_bins, "n_bins", caller)
-    tail = _check_float(tail, "tail", caller, 0.0, 1.0, closed="right")
+    n_bins = check_int(n_bins, "n_bins", caller)
+    tail = check_float(tail, "tail", caller, 0.0, 1.0, closed="right")
     if threshold is not None:
-        threshold = _check_float(threshold, "threshold", caller, -np.inf, np.inf)
-    y, p, _ = _check_inputs(y_true, y_prob, None, caller)
+        threshold = check_float(threshold, "threshold", caller, -np.inf, np.inf)
+    y, p, _ = check_inputs(y_true, y_prob, None, caller)
     g_arr = np.asarray(groups, dtype=object) if groups is not None else None
     if g_arr is None or g_arr.ndim != 1:
         raise ValueError(f"{caller}: groups must be 1-D, one label per sample.")
@@ -865,7 +677,7 @@ def group_metrics(
     base = _bincount(codes, y, n_groups) / n
     mean_p = _bincount(codes, p, n_groups) / n
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    flat = codes * n_bins + _bin_index(p, edges, uniform=True)
+    flat = codes * n_bins + bin_index(p, edges, uniform=True)
     size = n_groups * n_bins
     gap = _bincount(flat, y - p, size).reshape(n_groups, n_bins)
     ece = np.abs(gap).sum(axis=1) / n
@@ -1002,8 +814,8 @@ def bootstrap_ci(
         raise ValueError(f"{caller}: metric must be callable; got {metric!r}.")
     if not arrays:
         raise ValueError(f"{caller}: pass at least one array after the metric.")
-    n_resamples = _check_int(n_resamples, "n_resamples", caller)
-    confidence_level = _check_float(
+    n_resamples = check_int(n_resamples, "n_resamples", caller)
+    confidence_level = check_float(
         confidence_level, "confidence_level", caller, 0.0, 1.0, closed="neither"
     )
     arrs = [np.asarray(a) for a in arrays]
@@ -1032,8 +844,8 @@ def bootstrap_ci(
             ) from None
         return out
 
-    method = _check_choice(method, "method", frozenset({"percentile", "bc"}), caller)
-    nan_policy = _check_choice(
+    method = check_choice(method, "method", frozenset({"percentile", "bc"}), caller)
+    nan_policy = check_choice(
         nan_policy, "nan_policy", frozenset({"raise", "omit"}), caller
     )
     if strata is not None and groups is not None:

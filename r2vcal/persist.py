@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import io
 import json
 import math
@@ -39,7 +40,7 @@ from typing import Any, TypeVar, overload
 
 import numpy as np
 
-import r2vcal
+from r2vcal._version import __version__
 
 __all__ = [
     "FORMAT_VERSION",
@@ -78,6 +79,17 @@ _KEYS = frozenset(
         "content_sha256",
     }
 )
+#: r2vcal's own persistable routers: class name -> "module:Class", imported when
+#: a router is saved or loaded (the router modules never import this one).
+_CLASSES: dict[str, str] = {
+    "CVaRBrierRouter": "r2vcal.router:CVaRBrierRouter",
+    "EntropyRouter": "r2vcal.baselines:EntropyRouter",
+    "VerifierRouter": "r2vcal.baselines:VerifierRouter",
+    "LogisticRouter": "r2vcal.baselines:LogisticRouter",
+    "RandomRouter": "r2vcal.baselines:RandomRouter",
+    "OracleRouter": "r2vcal.baselines:OracleRouter",
+}
+#: Third-party classes added by :func:`register_persistable`.
 _REGISTRY: dict[str, type] = {}
 
 _T = TypeVar("_T", bound=type)
@@ -157,6 +169,15 @@ _ATTRIBUTES: dict[str, dict[str, _Attr]] = {
     "VerifierRouter": {**_COMMON, **_ISOTONIC},
     "RandomRouter": {**_COMMON, "base_rate_": _spec("number", finite=True)},
     "OracleRouter": dict(_COMMON),
+    "LogisticRouter": {
+        "classes_": _spec("array", "strarray"),
+        "feature_names_in_": _spec("strarray"),
+        "n_features_in_": _spec("int"),
+        "threshold_": _spec("number"),
+        "coef_": _spec("array"),
+        "intercept_": _spec("array"),
+        "n_iter_": _spec("int"),
+    },
 }
 #: Fitted attributes a file must hold, per r2vcal class; each entry is a tuple
 #: of alternatives (one of them must be present).
@@ -201,7 +222,7 @@ def register_persistable(
 def register_persistable(
     cls: _T | None = None, *, attributes: Mapping[str, str] | None = None
 ) -> _T | Callable[[_T], _T]:
-    """Class decorator: allow :func:`load_router` to rebuild ``cls`` by name.
+    """Class decorator: allow :func:`load_router` to rebuild a third-party ``cls``.
 
     Parameters
     ----------
@@ -212,7 +233,7 @@ def register_persistable(
         ``"int"``, ``"array"``, ``"arraylist"`` or ``"strarray"`` (``|`` joins
         several). Without it, any public name ending in ``_`` that does not
         shadow a class attribute is accepted. r2vcal's own classes have theirs
-        in this module.
+        in this module; they need no registration.
 
     Returns
     -------
@@ -231,10 +252,12 @@ def register_persistable(
 
 
 def _registry() -> dict[str, type]:
-    # import lazily so that every persistable class has registered itself
-    from r2vcal import baselines, router  # noqa: F401
-
-    return _REGISTRY
+    """Every class :func:`load_router` may rebuild, by name (r2vcal's first)."""
+    own: dict[str, type] = {}
+    for name, target in _CLASSES.items():
+        module, attr = target.split(":")
+        own[name] = getattr(importlib.import_module(module), attr)
+    return {**own, **_REGISTRY}
 
 
 def _allowed_attributes(cls: type) -> dict[str, _Attr] | None:
@@ -402,7 +425,7 @@ def save_router(router: Any, path: str | Path) -> Path:
     doc = {
         "format": "r2vcal-router",
         "format_version": FORMAT_VERSION,
-        "r2vcal_version": r2vcal.__version__,
+        "r2vcal_version": __version__,
         "class": name,
         "params": params,
         "attributes": attrs,
@@ -500,7 +523,7 @@ def _check_document(doc: Any, jpath: Path) -> None:
         raise RouterFileError(
             jpath,
             "format_version",
-            f"version {version} is newer than this r2vcal ({r2vcal.__version__}) "
+            f"version {version} is newer than this r2vcal ({__version__}) "
             f"reads (<= {FORMAT_VERSION}); upgrade r2vcal.",
         )
     missing, unknown = sorted(_KEYS - set(doc)), sorted(set(doc) - _KEYS)

@@ -21,14 +21,17 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
+from r2vcal._base import positive_proba
+from r2vcal._validation import (
+    bin_edges,
+    bin_index,
+    check_choice,
+    check_float,
+    check_inputs,
+    check_int,
+    check_labels,
+)
 from r2vcal.metrics import (
-    _bin_edges,
-    _bin_index,
-    _check_choice,
-    _check_float,
-    _check_inputs,
-    _check_int,
-    _check_labels,
     bootstrap_ci,
     expected_calibration_error,
     reliability_curve,
@@ -39,23 +42,6 @@ __all__ = ["FrontierDisplay", "GroupDisplay", "ReliabilityDisplay"]
 # companion histogram axes of reliability axes, and how many series an axes holds
 _HIST_AXES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _N_SERIES: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-
-
-def _positive_proba(estimator: Any, X: Any, caller: str) -> NDArray[np.float64]:
-    if not hasattr(estimator, "predict_proba"):
-        raise ValueError(
-            f"{caller}: the estimator {type(estimator).__name__} has no predict_proba;"
-            " use from_predictions with your own probabilities instead."
-        )
-    proba = np.asarray(estimator.predict_proba(X), dtype=np.float64)
-    if proba.ndim == 2:
-        if proba.shape[1] != 2:
-            raise ValueError(
-                f"{caller}: predict_proba returned {proba.shape[1]} columns; only "
-                "binary routers (2 columns) are supported."
-            )
-        proba = proba[:, 1]
-    return proba
 
 
 def _estimator_name(estimator: Any, name: str | None) -> str:
@@ -85,7 +71,7 @@ def _reliability_band(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Percentile bootstrap band of the fraction of positives per (fixed) bin."""
     n_bins = edges.size - 1
-    idx = _bin_index(p, edges, uniform)
+    idx = bin_index(p, edges, uniform)
     w = np.ones_like(p) if w is None else w
     rng = np.random.default_rng(random_state)
     frac = np.full((n_resamples, n_bins), np.nan)
@@ -345,21 +331,21 @@ class ReliabilityDisplay:
         ReliabilityDisplay
         """
         caller = "ReliabilityDisplay.from_predictions"
-        n_bins = _check_int(n_bins, "n_bins", caller)
-        strategy = _check_choice(
+        n_bins = check_int(n_bins, "n_bins", caller)
+        strategy = check_choice(
             strategy, "strategy", frozenset({"uniform", "quantile"}), caller
         )
-        n_resamples = _check_int(n_resamples, "n_resamples", caller, minimum=0)
-        confidence_level = _check_float(
+        n_resamples = check_int(n_resamples, "n_resamples", caller, minimum=0)
+        confidence_level = check_float(
             confidence_level, "confidence_level", caller, 0.0, 1.0, "neither"
         )
-        y, p, w = _check_inputs(y_true, y_prob, sample_weight, caller)
+        y, p, w = check_inputs(y_true, y_prob, sample_weight, caller)
         curve = reliability_curve(
             y, p, n_bins=n_bins, strategy=strategy, sample_weight=w
         )
         low = high = None
         if n_resamples > 0:
-            edges = _bin_edges(p, w, n_bins, strategy)
+            edges = bin_edges(p, w, n_bins, strategy)
             low, high = _reliability_band(
                 y,
                 p,
@@ -404,7 +390,7 @@ class ReliabilityDisplay:
         -------
         ReliabilityDisplay
         """
-        proba = _positive_proba(estimator, X, "ReliabilityDisplay.from_estimator")
+        proba = positive_proba(estimator, X, "ReliabilityDisplay.from_estimator")
         return cls.from_predictions(
             y, proba, name=_estimator_name(estimator, name), **kwargs
         )
@@ -662,7 +648,7 @@ class FrontierDisplay:
         -------
         FrontierDisplay
         """
-        proba = _positive_proba(estimator, X, "FrontierDisplay.from_estimator")
+        proba = positive_proba(estimator, X, "FrontierDisplay.from_estimator")
         return cls.from_predictions(
             proba,
             slm_success,
@@ -900,7 +886,7 @@ class GroupDisplay:
             func: Callable[..., float] = metric
             metric_name = getattr(metric, "__name__", "metric")
         else:
-            metric_name = _check_choice(metric, "metric", _GROUP_METRICS, caller)
+            metric_name = check_choice(metric, "metric", _GROUP_METRICS, caller)
             funcs: dict[str, Callable[..., float]] = {
                 "brier": _brier,
                 "ece": expected_calibration_error,
@@ -908,10 +894,10 @@ class GroupDisplay:
             }
             func = funcs[metric_name]
         if metric_name == "success" and y_prob is None:
-            y = _check_labels(y_true, caller)
+            y = check_labels(y_true, caller)
             p = np.zeros_like(y)
         else:
-            y, p, _ = _check_inputs(y_true, y_prob, None, caller)
+            y, p, _ = check_inputs(y_true, y_prob, None, caller)
         g = np.asarray(groups, dtype=object)
         if g.ndim != 1 or g.shape[0] != y.shape[0]:
             raise ValueError(
@@ -968,7 +954,7 @@ class GroupDisplay:
         -------
         GroupDisplay
         """
-        proba = _positive_proba(estimator, X, "GroupDisplay.from_estimator")
+        proba = positive_proba(estimator, X, "GroupDisplay.from_estimator")
         return cls.from_predictions(
             y, proba, groups, name=_estimator_name(estimator, name), **kwargs
         )

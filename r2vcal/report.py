@@ -27,12 +27,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from r2vcal.baselines import (
-    _as_unit_interval,
-    _positive_proba,
-    compare_routers,
-    risk_score,
-)
+from r2vcal._base import as_unit_interval, positive_proba
+from r2vcal.baselines import compare_routers, risk_score
 
 __all__ = ["write_report"]
 
@@ -207,7 +203,7 @@ def write_report(
     y01 = np.asarray(y, dtype=np.float64)
     slm = 1.0 - y01 if slm_success is None else np.asarray(slm_success, np.float64)
     llm = np.ones_like(y01) if llm_success is None else np.asarray(llm_success)
-    probs = {name: _positive_proba(r, X) for name, r in routers.items()}
+    probs = {name: positive_proba(r, X, arrays=True) for name, r in routers.items()}
     scores = {name: risk_score(r, X) for name, r in routers.items()}
 
     # probabilities computed once above serve both the table and the plots
@@ -259,7 +255,7 @@ def write_report(
     for k, name in enumerate(probs):
         # rank by risk_score, as the table does (isotonic plateaus would merge
         # distinct feature values); the Bayes mark moves to the same scale
-        ranks = _as_unit_interval(scores[name])
+        ranks = as_unit_interval(scores[name])
         marks = None
         escalated = probs[name] >= threshold
         if name == main and escalated.any():

@@ -32,18 +32,21 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import brentq, minimize, minimize_scalar
 from scipy.special import expit, logit
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
+from sklearn.base import _fit_context, clone
 from sklearn.isotonic import IsotonicRegression
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import (
     _check_sample_weight,
     check_is_fitted,
     validate_data,
 )
 
+from r2vcal._base import BaseRouter
+
+# defined here first: still importable from r2vcal.router
+from r2vcal._base import cost_threshold as cost_threshold
+from r2vcal._base import encode_binary_target as encode_binary_target
 from r2vcal._objective import exact_cvar, group_brier, smoothed_cvar
-from r2vcal.persist import register_persistable
 
 __all__ = [
     "ALPHA_GRID",
@@ -65,32 +68,10 @@ _MIN_CALIBRATION_WEIGHT = 30.0
 _MIN_CLASS_WEIGHT = 3.0
 # A calibrator is kept only if it lowers the cross-validated objective by this much.
 _MIN_CALIBRATION_GAIN = 1e-6
-_PROB_EPS = 1e-12
 
 
 class NoGroupsWarning(UserWarning):
     """``cvar_weight > 0`` but ``fit`` received no ``groups``."""
-
-
-def encode_binary_target(estimator: Any, y: ArrayLike) -> NDArray[np.float64]:
-    """Check that ``y`` is binary, set ``estimator.classes_``, return y as 0/1."""
-    y = np.asarray(y)
-    check_classification_targets(y)
-    kind = type_of_target(y, input_name="y")
-    if kind == "multiclass":
-        raise ValueError(
-            "Only binary classification is supported. The type of the target is "
-            f"multiclass ({np.unique(y).size} classes); a router predicts one "
-            "'needs escalation' probability."
-        )
-    classes = np.unique(y)
-    if kind != "binary" or classes.size < 2:
-        raise ValueError(
-            f"y contains only one class ({classes.tolist()!r}); a router needs both "
-            "escalation-needed and not-needed steps to learn when to escalate."
-        )
-    estimator.classes_, y_enc = np.unique(y, return_inverse=True)
-    return np.asarray(y_enc, dtype=np.float64)
 
 
 def weighted_standardisation(
@@ -104,17 +85,7 @@ def weighted_standardisation(
     return mean, scale
 
 
-def cost_threshold(estimator: Any) -> float:
-    """``threshold`` if set, else the Bayes rule (cost_llm - cost_slm) / miss_cost."""
-    if estimator.threshold is not None:
-        return float(estimator.threshold)
-    from r2vcal.thresholds import bayes_threshold
-
-    return bayes_threshold(estimator.cost_slm, estimator.cost_llm, estimator.miss_cost)
-
-
-@register_persistable
-class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
+class CVaRBrierRouter(BaseRouter):
     """Escalation router trained with a Brier score plus a CVaR penalty over groups.
 
     Parameters
@@ -260,6 +231,8 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
     True
     """
 
+    _poor_score = False
+
     _parameter_constraints: dict[str, list[Any]] = {
         "hidden_layer_sizes": ["array-like"],
         "cvar_weight": [Interval(Real, 0, None, closed="left")],
@@ -335,13 +308,6 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ tags
-    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
-        tags.input_tags.allow_nan = False
-        tags.input_tags.sparse = False
-        return tags
-
     # ------------------------------------------------------------ validation
     def _hidden_sizes(self) -> tuple[int, ...]:
         sizes = self.hidden_layer_sizes
@@ -368,9 +334,6 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
                 f"(invalid entries: {bad!r})."
             )
         return tuple(int(s) for s in items)
-
-    def _validate_target(self, y: ArrayLike) -> NDArray[np.float64]:
-        return encode_binary_target(self, y)
 
     def _validate_groups(
         self, groups: ArrayLike | None, n_samples: int
@@ -435,7 +398,7 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
             self, X, y, dtype=[np.float64, np.float32], y_numeric=False
         )
         X = np.asarray(X, dtype=np.float64)
-        y01 = self._validate_target(y)
+        y01 = self._fit_target(y)
         n = X.shape[0]
         sw = _check_sample_weight(sample_weight, X, dtype=np.float64)
         gidx = self._validate_groups(groups, n)
@@ -475,8 +438,8 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         if z_oof is not None and folds is not None and self.calibration is not None:
             self._choose_calibrator(z_oof, y01, sw, gidx, n_groups, folds)
 
-        self.threshold_ = cost_threshold(self)
-        p = self._proba1(X)
+        self._set_threshold()
+        p = self._calibrated_proba(X)
         self.group_losses_, _ = group_brier(p, y01, sw, gidx, n_groups)
         self.cvar_ = exact_cvar(self.group_losses_, self.cvar_tail)
         return self
@@ -865,7 +828,8 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         z += self.intercept_[0]
         return np.asarray(z, dtype=np.float64)
 
-    def _proba1(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
+    def _calibrated_proba(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Escalation probability on validated features."""
         z = self._raw_scores(X)
         if getattr(self, "calibration_", None) == "isotonic":
             return np.interp(expit(z), self.isotonic_x_, self.isotonic_y_)
@@ -878,22 +842,8 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         return np.asarray(X, dtype=np.float64)
 
-    def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
-        """Probabilities of both classes; column 1 is "needs escalation".
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-
-        Returns
-        -------
-        ndarray of shape (n_samples, 2)
-        """
-        p = self._proba1(self._check_X(X))
-        out = np.empty((p.shape[0], 2))
-        out[:, 1] = p
-        np.subtract(1.0, p, out=out[:, 0])
-        return out
+    def _proba1(self, X: ArrayLike) -> NDArray[np.float64]:
+        return self._calibrated_proba(self._check_X(X))
 
     def risk_score(self, X: ArrayLike) -> NDArray[np.float64]:
         """Uncalibrated score, higher = riskier: the ranking used for frontiers.
@@ -902,45 +852,6 @@ class CVaRBrierRouter(ClassifierMixin, BaseEstimator):
         :meth:`predict_proba` does, without the ties an isotonic map creates.
         """
         return self._raw_scores(self._check_X(X))
-
-    def decision_function(self, X: ArrayLike) -> NDArray[np.float64]:
-        """Log-odds of the calibrated escalation probability.
-
-        Positive where :meth:`predict_proba` gives more than 0.5 to ``classes_[1]``.
-        """
-        p = self._proba1(self._check_X(X))
-        p = np.clip(p, _PROB_EPS, 1.0 - _PROB_EPS)
-        return np.asarray(logit(p), dtype=np.float64)
-
-    def predict(self, X: ArrayLike) -> NDArray[Any]:
-        """Most likely class (probability threshold 0.5, as every classifier).
-
-        For the cost-aware escalation decision use :meth:`route`.
-        """
-        p = self._proba1(self._check_X(X))
-        return np.asarray(self.classes_[(p > 0.5).astype(np.intp)])
-
-    def route(self, X: ArrayLike, threshold: float | None = None) -> NDArray[np.bool_]:
-        """Escalation decision: ``True`` where the step should go to the LLM.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        threshold : float, default=None
-            Overrides ``threshold_`` (the Bayes threshold unless ``threshold`` was
-            set at construction) for this call.
-
-        Returns
-        -------
-        ndarray of bool of shape (n_samples,)
-            ``predict_proba(X)[:, 1] >= threshold``.
-        """
-        tau = self.threshold_ if threshold is None else float(threshold)
-        if not 0.0 <= tau <= 1.0:
-            raise ValueError(
-                f"threshold must be a probability in [0, 1]; got {threshold!r}."
-            )
-        return self._proba1(self._check_X(X)) >= tau
 
 
 @dataclass

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from r2vcal.metrics import _check_float, _check_inputs, _check_prob, _check_weight
+from r2vcal._validation import check_float, check_inputs, check_prob, check_weight
 
 __all__ = [
     "bayes_threshold",
@@ -138,9 +138,9 @@ def budget_threshold(
     0.1
     """
     caller = "budget_threshold"
-    rate = _check_float(escalation_rate, "escalation_rate", caller, 0.0, 1.0)
-    p = _check_prob(y_prob, caller)
-    w = _check_weight(sample_weight, p.shape[0], caller)
+    rate = check_float(escalation_rate, "escalation_rate", caller, 0.0, 1.0)
+    p = check_prob(y_prob, caller)
+    w = check_weight(sample_weight, p.shape[0], caller)
     w = np.ones_like(p) if w is None else w
     order = np.argsort(-p, kind="stable")
     ps, ws = p[order], w[order]
@@ -231,9 +231,9 @@ def risk_controlled_threshold(
     0.0
     """
     caller = "risk_controlled_threshold"
-    eps = _check_float(max_miss_rate, "max_miss_rate", caller, 0.0, 1.0, "neither")
-    delta = _check_float(delta, "delta", caller, 0.0, 1.0, "neither")
-    y, p, _ = _check_inputs(y_true, y_prob, None, caller)
+    eps = check_float(max_miss_rate, "max_miss_rate", caller, 0.0, 1.0, "neither")
+    delta = check_float(delta, "delta", caller, 0.0, 1.0, "neither")
+    y, p, _ = check_inputs(y_true, y_prob, None, caller)
     n = p.shape[0]
     k_max = _max_allowed_misses(n, eps, delta)
     if k_max < 0:
@@ -284,9 +284,9 @@ def miss_rate_upper_bound(
     0.6795
     """
     caller = "miss_rate_upper_bound"
-    tau = _check_float(threshold, "threshold", caller, -np.inf, np.inf)
-    delta = _check_float(delta, "delta", caller, 0.0, 1.0, "neither")
-    y, p, _ = _check_inputs(y_true, y_prob, None, caller)
+    tau = check_float(threshold, "threshold", caller, -np.inf, np.inf)
+    delta = check_float(delta, "delta", caller, 0.0, 1.0, "neither")
+    y, p, _ = check_inputs(y_true, y_prob, None, caller)
     n = p.shape[0]
     k = int(np.count_nonzero((p < tau) & (y == 1)))
     if k >= n:
