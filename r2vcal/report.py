@@ -17,9 +17,9 @@ Matplotlib is imported here only when a report is written.
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from r2vcal._base import as_unit_interval, positive_proba
+from r2vcal._render import Doc
 from r2vcal.baselines import compare_routers, risk_score
 
 __all__ = ["write_report"]
@@ -189,13 +190,7 @@ def write_report(
     Path
         The report folder.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     from r2vcal.metrics import group_metrics
-    from r2vcal.plotting import FrontierDisplay, GroupDisplay, ReliabilityDisplay
 
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -228,9 +223,7 @@ def write_report(
     )
     table.to_csv(outdir / "comparison.csv", index=False)
 
-    main_router = routers[main]
-    threshold = float(getattr(main_router, "threshold_", 0.5))
-    escalation_rate = float(np.mean(probs[main] >= threshold))
+    threshold = float(getattr(routers[main], "threshold_", 0.5))
     warnings_, yardstick_notes = _warnings(
         probs, routers, main, y01, groups, n_resamples
     )
@@ -239,26 +232,94 @@ def write_report(
         per_group = group_metrics(y01, probs[main], groups, threshold=threshold)
         per_group.to_csv(outdir / "groups.csv")
 
-    # ---- plots: one figure each, no global style changes
+    ctx = _Context(
+        outdir=outdir,
+        title=title,
+        main=main,
+        y01=y01,
+        probs=probs,
+        threshold=threshold,
+        table=table,
+        per_group=per_group,
+        group_label=group_label,
+        warnings=warnings_,
+        notes=[*yardstick_notes, *notes],
+        n_bins=n_bins,
+    )
+    _plot(ctx, scores, slm, llm, groups, cost_slm, cost_llm, n_resamples)
+    summary = _summary(ctx, routers[main], yardstick_notes, (cost_slm, cost_llm))
+    summary["notes"] = list(notes)
+    (outdir / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    _document(ctx, cost_slm, cost_llm, clustered=groups is not None).write(outdir)
+    return outdir
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What the plots, ``metrics.json`` and the prose of one report share."""
+
+    outdir: Path
+    title: str
+    main: str
+    y01: np.ndarray
+    probs: dict[str, np.ndarray]
+    threshold: float
+    table: pd.DataFrame
+    per_group: pd.DataFrame | None
+    group_label: str
+    warnings: list[str]
+    notes: list[str]
+    n_bins: int
+
+    @property
+    def escalation_rate(self) -> float:
+        """Share of the held-out steps the main router escalates."""
+        return float(np.mean(self.probs[self.main] >= self.threshold))
+
+
+def _plot(
+    ctx: _Context,
+    scores: Mapping[str, np.ndarray],
+    slm: np.ndarray,
+    llm: np.ndarray,
+    groups: ArrayLike | None,
+    cost_slm: float,
+    cost_llm: float,
+    n_resamples: int,
+) -> None:
+    """``reliability.png``, ``frontier.png`` and ``groups.png``: one figure
+    each, no global style changes."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from r2vcal.plotting import FrontierDisplay, GroupDisplay, ReliabilityDisplay
+
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    for name, p in probs.items():
+    for name, p in ctx.probs.items():
         if np.ptp(p) == 0:  # constant forecasts (random router) have no curve
             continue
         ReliabilityDisplay.from_predictions(
-            y01, p, name=name, ax=ax, n_resamples=min(n_resamples, 100), n_bins=n_bins
+            ctx.y01,
+            p,
+            name=name,
+            ax=ax,
+            n_resamples=min(n_resamples, 100),
+            n_bins=ctx.n_bins,
         )
     ax.set_title("Reliability (held-out steps)")
-    fig.savefig(outdir / "reliability.png", dpi=120, bbox_inches="tight")
+    fig.savefig(ctx.outdir / "reliability.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    for k, name in enumerate(probs):
+    for k, name in enumerate(ctx.probs):
         # rank by risk_score, as the table does (isotonic plateaus would merge
         # distinct feature values); the Bayes mark moves to the same scale
         ranks = as_unit_interval(scores[name])
         marks = None
-        escalated = probs[name] >= threshold
-        if name == main and escalated.any():
+        escalated = ctx.probs[name] >= ctx.threshold
+        if name == ctx.main and escalated.any():
             marks = {"Bayes": float(ranks[escalated].min())}
         FrontierDisplay.from_predictions(
             ranks,
@@ -272,34 +333,43 @@ def write_report(
             ax=ax,
         )
     ax.set_title("Reliability-cost frontier (held-out steps)")
-    fig.savefig(outdir / "frontier.png", dpi=120, bbox_inches="tight")
+    fig.savefig(ctx.outdir / "frontier.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
     if groups is not None:
         disp = GroupDisplay.from_predictions(
-            y01,
-            probs[main],
+            ctx.y01,
+            ctx.probs[ctx.main],
             groups,
-            name=main,
+            name=ctx.main,
             n_resamples=n_resamples,
-            group_label=group_label.capitalize(),
+            group_label=ctx.group_label.capitalize(),
         )
-        disp.ax_.set_title(f"Per-{group_label} Brier score of {main}")
-        disp.figure_.savefig(outdir / "groups.png", dpi=120, bbox_inches="tight")
+        disp.ax_.set_title(f"Per-{ctx.group_label} Brier score of {ctx.main}")
+        disp.figure_.savefig(ctx.outdir / "groups.png", dpi=120, bbox_inches="tight")
         plt.close(disp.figure_)
 
-    # ---- machine-readable
-    summary = {
-        "title": title,
-        "n_steps": int(y01.shape[0]),
-        "positive_rate": float(y01.mean()),
-        "main": main,
-        "warnings": warnings_,
+
+def _summary(
+    ctx: _Context,
+    main_router: Any,
+    yardstick_notes: list[str],
+    costs: tuple[float, float],
+) -> dict[str, Any]:
+    """The content of ``metrics.json`` but its ``notes`` (the last key; the key
+    order is part of the format)."""
+    per_group = ctx.per_group
+    return {
+        "title": ctx.title,
+        "n_steps": int(ctx.y01.shape[0]),
+        "positive_rate": float(ctx.y01.mean()),
+        "main": ctx.main,
+        "warnings": ctx.warnings,
         "yardsticks": yardstick_notes,
-        "escalation_rate_at_threshold": escalation_rate,
-        "group_label": group_label,
+        "escalation_rate_at_threshold": ctx.escalation_rate,
+        "group_label": ctx.group_label,
         "router": _router_summary(main_router),
-        "comparison": table.to_dict(orient="records"),
+        "comparison": ctx.table.to_dict(orient="records"),
         "groups": None
         if per_group is None
         else {
@@ -311,89 +381,40 @@ def write_report(
             },
             "worst_group": str(per_group.attrs.get("worst_group")),
         },
-        "costs": {"cost_slm": cost_slm, "cost_llm": cost_llm},
-        "notes": list(notes),
+        "costs": {"cost_slm": costs[0], "cost_llm": costs[1]},
     }
-    (outdir / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
 
-    # ---- prose
-    wide = _fmt_table(table)
-    lines = [f"# {title}", ""]
-    lines += [f"> **Warning:** {w}" for w in warnings_]
-    lines += [""] if warnings_ else []
-    lines += [f"- {n}" for n in yardstick_notes]
-    lines += [f"- {n}" for n in notes]
-    lines += [
-        f"- held-out steps: {y01.shape[0]:,}; escalation-needed rate "
-        f"{y01.mean():.3f}; costs SLM {cost_slm:g}, LLM {cost_llm:g}",
-        f"- router under study: **{main}** (threshold {threshold:.3f}, which "
-        f"escalates {escalation_rate:.1%} of these steps)",
-        "- every figure is `estimate [95% bootstrap CI]`"
-        + (
-            f" (cluster bootstrap over the groups: {group_label})"
-            if groups is not None
-            else ""
+
+def _document(
+    ctx: _Context, cost_slm: float, cost_llm: float, *, clustered: bool
+) -> Doc:
+    """``report.md`` / ``report.html``: warnings, notes, tables and figures."""
+    doc = Doc(ctx.title)
+    for w in ctx.warnings:
+        doc.warning(w)
+    label = ctx.group_label
+    doc.bullets(
+        [
+            *ctx.notes,
+            f"held-out steps: {ctx.y01.shape[0]:,}; escalation-needed rate "
+            f"{ctx.y01.mean():.3f}; costs SLM {cost_slm:g}, LLM {cost_llm:g}",
+            f"router under study: **{ctx.main}** (threshold {ctx.threshold:.3f}, "
+            f"which escalates {ctx.escalation_rate:.1%} of these steps)",
+            "every figure is `estimate [95% bootstrap CI]`"
+            + (f" (cluster bootstrap over the groups: {label})" if clustered else "")
+            + f"; ECE uses {ctx.n_bins} uniform bins, as the reliability diagrams; "
+            "worst-group CIs resample rows within each group",
+        ]
+    )
+    doc.heading("Comparison").table(_fmt_table(ctx.table))
+    doc.heading("Reliability-cost frontier").image("frontier.png", "frontier")
+    doc.heading("Reliability diagrams").image("reliability.png", "reliability")
+    per_group = ctx.per_group
+    if per_group is not None:
+        doc.heading(f"Per {label}").para(
+            f"Worst {label} {per_group.attrs['worst_group']}: Brier "
+            f"{per_group.attrs['worst_brier']:.4f}; CVaR of per-{label} "
+            f"Brier {per_group.attrs['cvar_brier']:.4f}."
         )
-        + f"; ECE uses {n_bins} uniform bins, as the reliability diagrams; "
-        "worst-group CIs resample rows within each group",
-        "",
-        "## Comparison",
-        "",
-        wide.to_markdown(),
-        "",
-        "## Reliability-cost frontier",
-        "",
-        "![frontier](frontier.png)",
-        "",
-        "## Reliability diagrams",
-        "",
-        "![reliability](reliability.png)",
-        "",
-    ]
-    if per_group is not None:
-        lines += [
-            f"## Per {group_label}",
-            "",
-            f"Worst {group_label} {per_group.attrs['worst_group']}: Brier "
-            f"{per_group.attrs['worst_brier']:.4f}; CVaR of per-{group_label} "
-            f"Brier {per_group.attrs['cvar_brier']:.4f}.",
-            "",
-            "![groups](groups.png)",
-            "",
-            per_group.round(4).to_markdown(),
-            "",
-        ]
-    (outdir / "report.md").write_text("\n".join(lines))
-
-    page = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
-        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
-        "padding:3px 6px}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        *[
-            "<p style='background:#fee;border:1px solid #c00;padding:6px'>"
-            f"<b>Warning:</b> {html.escape(w.replace('**', ''))}</p>"
-            for w in warnings_
-        ],
-        "<ul>",
-        *[f"<li>{html.escape(n)}</li>" for n in yardstick_notes],
-        *[f"<li>{html.escape(n)}</li>" for n in notes],
-        f"<li>held-out steps: {y01.shape[0]:,}; escalation-needed rate "
-        f"{y01.mean():.3f}</li><li>router under study: <b>{html.escape(main)}</b> "
-        f"(threshold {threshold:.3f}, escalates {escalation_rate:.1%} of these "
-        "steps)</li></ul>",
-        "<h2>Comparison</h2>",
-        wide.to_html(),
-        "<h2>Reliability-cost frontier</h2><img src='frontier.png'>",
-        "<h2>Reliability diagrams</h2><img src='reliability.png'>",
-    ]
-    if per_group is not None:
-        page += [
-            f"<h2>Per {html.escape(group_label)}</h2><img src='groups.png'>",
-            per_group.round(4).to_html(),
-        ]
-    page.append("</body></html>")
-    (outdir / "report.html").write_text("\n".join(page))
-    return outdir
+        doc.image("groups.png", "groups").table(per_group, floatfmt=".4f")
+    return doc
