@@ -892,29 +892,8 @@ class CandidateFeaturizer(TransformerMixin, BaseEstimator):
         return np.column_stack([cols[f] for f in selected]).astype(np.float64)
 
 
-def _compute(
-    batch: StepBatch, selected: tuple[str, ...], window: int, zero_padded: bool
-) -> dict[str, np.ndarray]:
-    sel = set(selected)
-    out: dict[str, np.ndarray] = {}
-    n: int | None = None
-    k: int | None = None
-    first_field = ""
-
-    def check_nk(name: str, shape: tuple[int, ...]) -> None:
-        nonlocal n, k, first_field
-        if n is None:
-            n, k, first_field = shape[0], shape[1], name
-        elif shape[:2] != (n, k):
-            raise ValueError(
-                f"The '{name}' field must have leading shape (n_steps, K) = "
-                f"({n}, {k}) like the '{first_field}' field. Got {shape[:2]} "
-                "instead."
-            )
-
-    # ---- verifier scores ------------------------------------------------- #
-    v = None
-    if batch.verifier_scores is not None and sel & {
+_VERIFIER_USERS = frozenset(
+    {
         "logprob_chosen",
         "verifier_max",
         "verifier_mean",
@@ -922,25 +901,10 @@ def _compute(
         "verifier_spread",
         "verifier_margin",
         "verifier_trend",
-    }:
-        v = _as_float_array(batch.verifier_scores, "verifier_scores", 2).astype(
-            np.float64, copy=False
-        )
-        check_nk("verifier_scores", v.shape)
-        if v.shape[1] == 0:
-            raise ValueError(
-                "The 'verifier_scores' field must have at least one candidate per "
-                "step. Got K = 0 instead."
-            )
-        bad = ~((v >= 0.0) & (v <= 1.0))
-        if bad.any():
-            raise ValueError(
-                "The 'verifier_scores' field must contain scores in [0, 1]. Got "
-                f"{_describe(v[bad][0])} at {_first_bad(bad)} instead."
-            )
-
-    # ---- token log-probs -------------------------------------------------- #
-    token_feats = {
+    }
+)
+_TOKEN_FEATURES = frozenset(
+    {
         "entropy_mean",
         "entropy_max",
         "logprob_mean",
@@ -948,156 +912,258 @@ def _compute(
         "logprob_chosen",
         "log_mean_length",
     }
-    if sel & token_feats:
-        lp = _as_float_array(batch.token_logprobs, "token_logprobs", 3)
-        check_nk("token_logprobs", lp.shape)
-        n_, k_, t_ = lp.shape
-        if k_ == 0 or (t_ == 0 and n_ > 0):
+)
+
+
+class _Shapes:
+    """The (n_steps, K) of the first per-candidate field; later ones must match."""
+
+    def __init__(self) -> None:
+        self.n: int | None = None
+        self.k: int | None = None
+        self.first = ""
+
+    def check(self, name: str, shape: tuple[int, ...]) -> None:
+        if self.n is None:
+            self.n, self.k, self.first = shape[0], shape[1], name
+        elif shape[:2] != (self.n, self.k):
             raise ValueError(
-                "The 'token_logprobs' field must have at least one candidate and one "
-                f"token per candidate. Got shape {lp.shape} instead."
+                f"The '{name}' field must have leading shape (n_steps, K) = "
+                f"({self.n}, {self.k}) like the '{self.first}' field. Got "
+                f"{shape[:2]} instead."
             )
-        if batch.lengths is None:
-            lengths = np.full((n_, k_), t_, dtype=np.int64)
-        else:
-            lengths = np.asarray(batch.lengths)
-            if lengths.shape != (n_, k_) or lengths.dtype.kind not in "iu":
-                raise ValueError(
-                    f"The 'lengths' field must be an integer array of shape "
-                    f"({n_}, {k_}). Got shape {lengths.shape} and dtype "
-                    f"{lengths.dtype} instead."
-                )
-            lengths = lengths.astype(np.int64, copy=False)
-            bad = (lengths < 1) | (lengths > t_)
-            if bad.any():
-                raise ValueError(
-                    f"The 'lengths' field must be in [1, {t_}] (every candidate "
-                    f"needs at least one token). Got {int(lengths[bad][0])} at "
-                    f"{_first_bad(bad)} instead."
-                )
-        padded = not zero_padded and bool((lengths < t_).any())
-        ent_in = None
-        want_ent = bool(sel & {"entropy_mean", "entropy_max"})
-        if want_ent and batch.token_entropies is not None:
-            ent_in = _as_float_array(batch.token_entropies, "token_entropies", 3)
-            if ent_in.shape != lp.shape:
-                raise ValueError(
-                    "The 'token_entropies' field must have the shape of "
-                    f"'token_logprobs' {lp.shape}. Got {ent_in.shape} instead."
-                )
-        use_top = want_ent and ent_in is None and batch.top_logprobs is not None
-        lp_sum, ent_sum_c, ent_max_c = _token_reduce(
-            lp,
-            lengths,
-            ent_in,
-            padded=padded,
-            surprisal_max=want_ent and ent_in is None and not use_top,
-        )
-        lp_sum = np.minimum(lp_sum, 0.0)
-        len_f = np.ascontiguousarray(lengths.T, dtype=np.float64)  # (K, n)
-        lp_mean_c = np.ascontiguousarray(lp_sum.T) / len_f  # (K, n)
-        if "logprob_mean" in sel:
-            out["logprob_mean"] = lp_mean_c.mean(axis=0)
-        if "logprob_min" in sel:
-            out["logprob_min"] = lp_mean_c.min(axis=0)
-        if "logprob_chosen" in sel:
-            if v is None:  # pragma: no cover - guaranteed by _require
-                raise ValueError("'logprob_chosen' needs 'verifier_scores'.")
-            chosen = np.argmax(v, axis=1)  # first best on ties
-            out["logprob_chosen"] = lp_mean_c[chosen, np.arange(n_)]
-        if "log_mean_length" in sel:
-            out["log_mean_length"] = np.log(len_f.mean(axis=0))
 
-        if sel & {"entropy_mean", "entropy_max"}:
-            ent_sum: np.ndarray | None
-            ent_max: np.ndarray | None
-            if ent_in is not None:
-                ent_sum, ent_max = ent_sum_c, ent_max_c
-            elif batch.top_logprobs is not None:
-                top = _as_float_array(batch.top_logprobs, "top_logprobs", 4)
-                if top.shape[:3] != lp.shape:
-                    raise ValueError(
-                        "The 'top_logprobs' field must have shape (n, K, T, k) with "
-                        f"(n, K, T) = {lp.shape} like 'token_logprobs'. Got "
-                        f"{top.shape} instead."
-                    )
-                if top.shape[3] == 0:
-                    raise ValueError(
-                        "The 'top_logprobs' field must hold at least one "
-                        "alternative per token. Got k = 0 instead."
-                    )
-                mask = np.arange(t_) < lengths[..., None] if padded else None
-                if mask is not None:
-                    top = np.where(mask[..., None], top, -np.inf)
-                bad_val = np.isnan(top) | (top > _LOGPROB_TOL)
-                if bad_val.any():
-                    _raise_bad_tokens(
-                        top,
-                        bad_val,
-                        "top_logprobs",
-                        "log-probabilities <= 0 (-inf for padding)",
-                    )
-                top = np.minimum(top, 0.0)
-                psum = np.exp(top).sum(axis=-1)
-                bad = psum > 1.0 + _PROB_SUM_TOL
-                if bad.any():
-                    raise ValueError(
-                        "The 'top_logprobs' field must describe probabilities "
-                        "summing to at most 1 per token. Got a sum of "
-                        f"{float(psum[bad][0]):.6g} at {_first_bad(bad)} instead."
-                    )
-                ent = _entropy_from_top(top)
-                if mask is not None:
-                    ent = np.where(mask, ent, 0.0)
-                ent_sum = ent.sum(axis=-1, dtype=np.float64)
-                ent_max = ent.reshape(n_, -1).max(axis=1)
-            else:
-                ent_sum, ent_max = -lp_sum, ent_max_c
-            if ent_sum is None or ent_max is None:  # pragma: no cover
-                raise RuntimeError("entropy statistics were not computed")
-            if "entropy_mean" in sel:
-                out["entropy_mean"] = (ent_sum.T / len_f).mean(axis=0)
-            if "entropy_max" in sel:
-                out["entropy_max"] = ent_max.astype(np.float64)
 
-    # ---- verifier statistics (on the (K, n) transpose: fast row-wise ops) -- #
+def _compute(
+    batch: StepBatch, selected: tuple[str, ...], window: int, zero_padded: bool
+) -> dict[str, np.ndarray]:
+    sel = set(selected)
+    out: dict[str, np.ndarray] = {}
+    shapes = _Shapes()
+    v = None
+    if batch.verifier_scores is not None and sel & _VERIFIER_USERS:
+        v = _checked_verifier_scores(batch.verifier_scores, shapes)
+    if sel & _TOKEN_FEATURES:
+        out.update(_token_features(batch, sel, v, shapes, zero_padded))
     if v is not None:
-        vt = np.ascontiguousarray(v.T)
-        vmax = vt.max(axis=0)
-        if "verifier_max" in sel:
-            out["verifier_max"] = vmax
-        if "verifier_mean" in sel:
-            out["verifier_mean"] = vt.mean(axis=0)
-        if "verifier_std" in sel:
-            out["verifier_std"] = vt.std(axis=0)
-        if "verifier_spread" in sel:
-            out["verifier_spread"] = vmax - vt.min(axis=0)
-        if "verifier_margin" in sel:
-            if vt.shape[0] == 1:
-                out["verifier_margin"] = vmax.copy()
-            else:
-                first = vt[0].copy()
-                second = np.full_like(first, -np.inf)
-                for row in vt[1:]:  # loop over K, exact top-2 with ties
-                    np.maximum(second, np.minimum(first, row), out=second)
-                    np.maximum(first, row, out=first)
-                out["verifier_margin"] = first - second
-
-    # ---- agreement ---------------------------------------------------------- #
+        out.update(_verifier_features(v, sel))
     if "agreement" in sel:
-        codes = _text_codes(batch.candidate_texts)
-        check_nk("candidate_texts", codes.shape)
-        ct = np.ascontiguousarray(codes.T)
-        best = np.zeros(ct.shape[1], dtype=np.int64)
-        for j in range(ct.shape[0]):  # loop over K pairs
-            count = np.zeros(ct.shape[1], dtype=np.int64)
-            for i in range(ct.shape[0]):
-                count += ct[i] == ct[j]
-            np.maximum(best, count, out=best)
-        out["agreement"] = best / float(ct.shape[0])
+        out["agreement"] = _agreement(batch.candidate_texts, shapes)
+    n_steps = shapes.n if shapes.n is not None else batch.n_steps
+    out.update(_context_features(batch, sel, n_steps, v, window))
 
-    # ---- step context --------------------------------------------------------- #
-    n_steps = n if n is not None else batch.n_steps
+    lengths_seen = {name: arr.shape[0] for name, arr in out.items()}
+    if len(set(lengths_seen.values())) > 1:
+        raise ValueError(
+            "All input fields must describe the same number of steps. Got "
+            f"{lengths_seen} instead."
+        )
+    return out
+
+
+def _checked_verifier_scores(scores: Any, shapes: _Shapes) -> np.ndarray:
+    v = _as_float_array(scores, "verifier_scores", 2).astype(np.float64, copy=False)
+    shapes.check("verifier_scores", v.shape)
+    if v.shape[1] == 0:
+        raise ValueError(
+            "The 'verifier_scores' field must have at least one candidate per "
+            "step. Got K = 0 instead."
+        )
+    bad = ~((v >= 0.0) & (v <= 1.0))
+    if bad.any():
+        raise ValueError(
+            "The 'verifier_scores' field must contain scores in [0, 1]. Got "
+            f"{_describe(v[bad][0])} at {_first_bad(bad)} instead."
+        )
+    return v
+
+
+def _checked_lengths(lengths: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Token counts per candidate, ``(n, K)`` integers in ``[1, T]``."""
+    n_, k_, t_ = shape
+    if lengths is None:
+        return np.full((n_, k_), t_, dtype=np.int64)
+    lengths = np.asarray(lengths)
+    if lengths.shape != (n_, k_) or lengths.dtype.kind not in "iu":
+        raise ValueError(
+            f"The 'lengths' field must be an integer array of shape "
+            f"({n_}, {k_}). Got shape {lengths.shape} and dtype "
+            f"{lengths.dtype} instead."
+        )
+    lengths = lengths.astype(np.int64, copy=False)
+    bad = (lengths < 1) | (lengths > t_)
+    if bad.any():
+        raise ValueError(
+            f"The 'lengths' field must be in [1, {t_}] (every candidate "
+            f"needs at least one token). Got {int(lengths[bad][0])} at "
+            f"{_first_bad(bad)} instead."
+        )
+    return lengths
+
+
+def _token_features(
+    batch: StepBatch,
+    sel: set[str],
+    v: np.ndarray | None,
+    shapes: _Shapes,
+    zero_padded: bool,
+) -> dict[str, np.ndarray]:
+    """Log-prob, length and entropy features from the candidates' tokens."""
+    out: dict[str, np.ndarray] = {}
+    lp = _as_float_array(batch.token_logprobs, "token_logprobs", 3)
+    shapes.check("token_logprobs", lp.shape)
+    n_, k_, t_ = lp.shape
+    if k_ == 0 or (t_ == 0 and n_ > 0):
+        raise ValueError(
+            "The 'token_logprobs' field must have at least one candidate and one "
+            f"token per candidate. Got shape {lp.shape} instead."
+        )
+    lengths = _checked_lengths(batch.lengths, lp.shape)
+    padded = not zero_padded and bool((lengths < t_).any())
+    ent_in = None
+    want_ent = bool(sel & {"entropy_mean", "entropy_max"})
+    if want_ent and batch.token_entropies is not None:
+        ent_in = _as_float_array(batch.token_entropies, "token_entropies", 3)
+        if ent_in.shape != lp.shape:
+            raise ValueError(
+                "The 'token_entropies' field must have the shape of "
+                f"'token_logprobs' {lp.shape}. Got {ent_in.shape} instead."
+            )
+    use_top = want_ent and ent_in is None and batch.top_logprobs is not None
+    lp_sum, ent_sum_c, ent_max_c = _token_reduce(
+        lp,
+        lengths,
+        ent_in,
+        padded=padded,
+        surprisal_max=want_ent and ent_in is None and not use_top,
+    )
+    lp_sum = np.minimum(lp_sum, 0.0)
+    len_f = np.ascontiguousarray(lengths.T, dtype=np.float64)  # (K, n)
+    lp_mean_c = np.ascontiguousarray(lp_sum.T) / len_f  # (K, n)
+    if "logprob_mean" in sel:
+        out["logprob_mean"] = lp_mean_c.mean(axis=0)
+    if "logprob_min" in sel:
+        out["logprob_min"] = lp_mean_c.min(axis=0)
+    if "logprob_chosen" in sel:
+        if v is None:  # pragma: no cover - guaranteed by _require
+            raise ValueError("'logprob_chosen' needs 'verifier_scores'.")
+        chosen = np.argmax(v, axis=1)  # first best on ties
+        out["logprob_chosen"] = lp_mean_c[chosen, np.arange(n_)]
+    if "log_mean_length" in sel:
+        out["log_mean_length"] = np.log(len_f.mean(axis=0))
+    if not want_ent:
+        return out
+    if ent_in is not None:
+        ent_sum, ent_max = ent_sum_c, ent_max_c
+    elif use_top:
+        ent_sum, ent_max = _top_entropy(batch.top_logprobs, lp.shape, lengths, padded)
+    else:
+        ent_sum, ent_max = -lp_sum, ent_max_c
+    if ent_sum is None or ent_max is None:  # pragma: no cover
+        raise RuntimeError("entropy statistics were not computed")
+    if "entropy_mean" in sel:
+        out["entropy_mean"] = (ent_sum.T / len_f).mean(axis=0)
+    if "entropy_max" in sel:
+        out["entropy_max"] = ent_max.astype(np.float64)
+    return out
+
+
+def _top_entropy(
+    top_logprobs: Any,
+    shape: tuple[int, ...],
+    lengths: np.ndarray,
+    padded: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-candidate entropy sum ``(n, K)`` and per-step max ``(n,)`` from the
+    top-k log-probabilities (the tail mass as one extra outcome)."""
+    n_, _, t_ = shape
+    top = _as_float_array(top_logprobs, "top_logprobs", 4)
+    if top.shape[:3] != shape:
+        raise ValueError(
+            "The 'top_logprobs' field must have shape (n, K, T, k) with "
+            f"(n, K, T) = {shape} like 'token_logprobs'. Got "
+            f"{top.shape} instead."
+        )
+    if top.shape[3] == 0:
+        raise ValueError(
+            "The 'top_logprobs' field must hold at least one "
+            "alternative per token. Got k = 0 instead."
+        )
+    mask = np.arange(t_) < lengths[..., None] if padded else None
+    if mask is not None:
+        top = np.where(mask[..., None], top, -np.inf)
+    bad_val = np.isnan(top) | (top > _LOGPROB_TOL)
+    if bad_val.any():
+        _raise_bad_tokens(
+            top,
+            bad_val,
+            "top_logprobs",
+            "log-probabilities <= 0 (-inf for padding)",
+        )
+    top = np.minimum(top, 0.0)
+    psum = np.exp(top).sum(axis=-1)
+    bad = psum > 1.0 + _PROB_SUM_TOL
+    if bad.any():
+        raise ValueError(
+            "The 'top_logprobs' field must describe probabilities "
+            "summing to at most 1 per token. Got a sum of "
+            f"{float(psum[bad][0]):.6g} at {_first_bad(bad)} instead."
+        )
+    ent = _entropy_from_top(top)
+    if mask is not None:
+        ent = np.where(mask, ent, 0.0)
+    return ent.sum(axis=-1, dtype=np.float64), ent.reshape(n_, -1).max(axis=1)
+
+
+def _verifier_features(v: np.ndarray, sel: set[str]) -> dict[str, np.ndarray]:
+    """Verifier statistics, on the (K, n) transpose (fast row-wise ops)."""
+    out: dict[str, np.ndarray] = {}
+    vt = np.ascontiguousarray(v.T)
+    vmax = vt.max(axis=0)
+    if "verifier_max" in sel:
+        out["verifier_max"] = vmax
+    if "verifier_mean" in sel:
+        out["verifier_mean"] = vt.mean(axis=0)
+    if "verifier_std" in sel:
+        out["verifier_std"] = vt.std(axis=0)
+    if "verifier_spread" in sel:
+        out["verifier_spread"] = vmax - vt.min(axis=0)
+    if "verifier_margin" in sel:
+        if vt.shape[0] == 1:
+            out["verifier_margin"] = vmax.copy()
+        else:
+            first = vt[0].copy()
+            second = np.full_like(first, -np.inf)
+            for row in vt[1:]:  # loop over K, exact top-2 with ties
+                np.maximum(second, np.minimum(first, row), out=second)
+                np.maximum(first, row, out=first)
+            out["verifier_margin"] = first - second
+    return out
+
+
+def _agreement(texts: Any, shapes: _Shapes) -> np.ndarray:
+    """Share of the K candidates agreeing with the most common one."""
+    codes = _text_codes(texts)
+    shapes.check("candidate_texts", codes.shape)
+    ct = np.ascontiguousarray(codes.T)
+    best = np.zeros(ct.shape[1], dtype=np.int64)
+    for j in range(ct.shape[0]):  # loop over K pairs
+        count = np.zeros(ct.shape[1], dtype=np.int64)
+        for i in range(ct.shape[0]):
+            count += ct[i] == ct[j]
+        np.maximum(best, count, out=best)
+    return best / float(ct.shape[0])
+
+
+def _context_features(
+    batch: StepBatch,
+    sel: set[str],
+    n_steps: int,
+    v: np.ndarray | None,
+    window: int,
+) -> dict[str, np.ndarray]:
+    """Step index and fraction, context length, flags, verifier trend."""
+    out: dict[str, np.ndarray] = {}
     step = None
     if sel & {"step_index", "step_fraction", "verifier_trend"}:
         step = _as_int_1d(batch.step, "step", n_steps)
@@ -1111,49 +1177,49 @@ def _compute(
             out["step_index"] = step.astype(np.float64)
     if "step_fraction" in sel:
         assert step is not None
-        horizon = _as_int_1d(batch.horizon, "horizon", n_steps)
-        bad = (horizon < 1) | (step >= horizon)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                "The 'horizon' field must be an integer >= 1 and greater than "
-                f"'step'. Got horizon {int(horizon[i])} with step {int(step[i])} at "
-                f"step {i} instead."
-            )
-        out["step_fraction"] = step / horizon.astype(np.float64)
+        out["step_fraction"] = _step_fraction(batch.horizon, step, n_steps)
     if "log_context_length" in sel:
-        ctx = _as_1d(batch.context_length, "context_length", n_steps)
-        try:
-            ctx_f = ctx.astype(np.float64)
-        except (TypeError, ValueError):
-            ctx_f = np.full(ctx.shape, np.nan)
-        if ctx.dtype == bool:
-            ctx_f = np.full(ctx.shape, np.nan)
-        bad = ~(np.isfinite(ctx_f) & (ctx_f >= 0))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                "The 'context_length' field must contain finite token counts >= 0. "
-                f"Got {ctx[i]!r} at step {i} instead."
-            )
-        out["log_context_length"] = np.log1p(ctx_f)
+        out["log_context_length"] = _log_context_length(batch.context_length, n_steps)
     for flag in ("tool_error", "truncated"):
         if flag in sel:
             out[flag] = _as_flag(getattr(batch, flag), flag, n_steps)
-
     if "verifier_trend" in sel:
         assert v is not None and step is not None
         out["verifier_trend"] = _verifier_trend(
             v.max(axis=1), batch.episode_id, step, window
         )
-
-    lengths_seen = {name: arr.shape[0] for name, arr in out.items()}
-    if len(set(lengths_seen.values())) > 1:
-        raise ValueError(
-            "All input fields must describe the same number of steps. Got "
-            f"{lengths_seen} instead."
-        )
     return out
+
+
+def _step_fraction(horizon: Any, step: np.ndarray, n_steps: int) -> np.ndarray:
+    h = _as_int_1d(horizon, "horizon", n_steps)
+    bad = (h < 1) | (step >= h)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            "The 'horizon' field must be an integer >= 1 and greater than "
+            f"'step'. Got horizon {int(h[i])} with step {int(step[i])} at "
+            f"step {i} instead."
+        )
+    return step / h.astype(np.float64)
+
+
+def _log_context_length(context_length: Any, n_steps: int) -> np.ndarray:
+    ctx = _as_1d(context_length, "context_length", n_steps)
+    try:
+        ctx_f = ctx.astype(np.float64)
+    except (TypeError, ValueError):
+        ctx_f = np.full(ctx.shape, np.nan)
+    if ctx.dtype == bool:
+        ctx_f = np.full(ctx.shape, np.nan)
+    bad = ~(np.isfinite(ctx_f) & (ctx_f >= 0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            "The 'context_length' field must contain finite token counts >= 0. "
+            f"Got {ctx[i]!r} at step {i} instead."
+        )
+    return np.log1p(ctx_f)
 
 
 def _text_codes(texts: Any) -> np.ndarray:
