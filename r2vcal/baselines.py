@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from numbers import Integral, Real
 from typing import Any, ClassVar
 
@@ -463,22 +465,61 @@ def compare_routers(
     drop the worst one. AUROC is undefined on a sample with one class: such
     resamples are dropped, and the estimate is NaN when the data have one class.
     """
-    from scipy.stats import spearmanr
-    from sklearn.metrics import roc_auc_score
-
-    from r2vcal.frontier import frontier_auc, reliability_cost_frontier, success_at
-    from r2vcal.metrics import (
-        bootstrap_ci,
-        debiased_calibration_error,
-        expected_calibration_error,
-        group_metrics,
-    )
-
     y01 = np.asarray(y, dtype=np.float64)
     n = y01.shape[0]
-    slm = 1.0 - y01 if slm_success is None else np.asarray(slm_success, np.float64)
-    llm = np.ones(n) if llm_success is None else np.asarray(llm_success, np.float64)
-    g = None if groups is None else np.asarray(groups)
+    held = _HeldOut(
+        y01=y01,
+        slm=1.0 - y01 if slm_success is None else np.asarray(slm_success, np.float64),
+        llm=np.ones(n) if llm_success is None else np.asarray(llm_success, np.float64),
+        groups=None if groups is None else np.asarray(groups),
+        cost_slm=cost_slm,
+        cost_llm=cost_llm,
+        n_bins=n_bins,
+        tail=tail,
+    )
+    probs, ranks = _probabilities_and_ranks(routers, X, scores, n)
+    if reference is not None and reference not in probs:
+        raise ValueError(
+            f"compare_routers: reference={reference!r} is not one of the routers "
+            f"{sorted(probs)}."
+        )
+    ref = None if reference is None else probs[reference]
+    rows = []
+    for name, p in probs.items():
+        deployable = bool(getattr(type(routers[name]), "deployable", True))
+        fns = _metric_fns(held, p, ranks[name], budgets, ref)
+        for metric, ci in _bootstrap(
+            held, fns, n_resamples, confidence_level, random_state
+        ):
+            rows.append((name, deployable, metric, *ci))
+    return pd.DataFrame(
+        rows,
+        columns=["router", "deployable", "metric", "estimate", "ci_low", "ci_high"],
+    )
+
+
+@dataclass(frozen=True)
+class _HeldOut:
+    """The held-out table and settings every metric of :func:`compare_routers`
+    reads."""
+
+    y01: NDArray[np.float64]
+    slm: NDArray[np.float64]
+    llm: NDArray[np.float64]
+    groups: NDArray[Any] | None
+    cost_slm: float
+    cost_llm: float
+    n_bins: int
+    tail: float
+
+
+def _probabilities_and_ranks(
+    routers: Mapping[str, Any],
+    X: Any,
+    scores: Mapping[str, ArrayLike] | None,
+    n: int,
+) -> tuple[dict[str, NDArray[np.float64]], dict[str, NDArray[np.float64]]]:
+    """Escalation probabilities and [0, 1] ranks of every router, checked."""
     probs = {name: positive_proba(r, X, arrays=True) for name, r in routers.items()}
     given = dict(scores or {})
     ranks = {
@@ -495,77 +536,97 @@ def compare_routers(
                 f"compare_routers: router {name!r} gave {p.shape[0]} probabilities "
                 f"and {ranks[name].shape[0]} scores for {n} labels."
             )
-    if reference is not None and reference not in probs:
-        raise ValueError(
-            f"compare_routers: reference={reference!r} is not one of the routers "
-            f"{sorted(probs)}."
-        )
-    idx = np.arange(n)
+    return probs, ranks
 
-    def frontier(i: NDArray[np.intp], p: NDArray[np.float64]) -> pd.DataFrame:
-        return reliability_cost_frontier(
-            p[i], slm[i], llm[i], cost_slm=cost_slm, cost_llm=cost_llm
-        )
 
-    def metric_fns(p: NDArray[np.float64], s: NDArray[np.float64]) -> dict[str, Any]:
-        fns: dict[str, Any] = {
-            "brier": lambda i: float(np.mean((p[i] - y01[i]) ** 2)),
-            "ece": lambda i: expected_calibration_error(y01[i], p[i], n_bins=n_bins),
-            "ece_debiased": lambda i: debiased_calibration_error(
-                y01[i], p[i], n_bins=n_bins
-            ),
-            "auroc": lambda i: (
-                float(roc_auc_score(y01[i], s[i]))
-                if 0 < y01[i].sum() < len(i)
-                else np.nan
-            ),
-            "frontier_auc": lambda i: frontier_auc(frontier(i, s)),
-        }
-        if g is not None:
-            fns["worst_group_brier"] = lambda i: float(
-                group_metrics(y01[i], p[i], g[i], tail=tail, n_bins=n_bins).attrs[
-                    "worst_brier"
-                ]
-            )
-            fns["cvar_group_brier"] = lambda i: float(
-                group_metrics(y01[i], p[i], g[i], tail=tail, n_bins=n_bins).attrs[
-                    "cvar_brier"
-                ]
-            )
-        for b in budgets:
-            fns[f"success@{b:g}"] = lambda i, b=b: success_at(frontier(i, s), b)
-        if reference is not None:
-            ref = probs[reference]
-            fns["rank_corr_vs_reference"] = lambda i: (
-                float(spearmanr(p[i], ref[i]).statistic)
-                if np.ptp(p[i]) > 0 and np.ptp(ref[i]) > 0
-                else 0.0  # a constant forecast carries no ranking
-            )
-        return fns
+def _metric_fns(
+    d: _HeldOut,
+    p: NDArray[np.float64],
+    s: NDArray[np.float64],
+    budgets: Sequence[float],
+    ref: NDArray[np.float64] | None,
+) -> dict[str, Callable[[NDArray[np.intp]], float]]:
+    """Each metric of one router as a function of the resampled row indices."""
+    from scipy.stats import spearmanr
+    from sklearn.metrics import roc_auc_score
 
-    one_class = not 0 < y01.sum() < n
-    rows = []
-    for name, p in probs.items():
-        est = routers[name]
-        deployable = bool(getattr(type(est), "deployable", True))
-        for metric, fn in metric_fns(p, ranks[name]).items():
-            if metric == "auroc" and one_class:
-                rows.append((name, deployable, metric, np.nan, np.nan, np.nan))
-                continue
-            per_group = metric in ("worst_group_brier", "cvar_group_brier")
-            ci = bootstrap_ci(
-                fn,
-                idx,
-                n_resamples=n_resamples,
-                confidence_level=confidence_level,
-                groups=None if per_group else g,
-                strata=g if per_group else None,
-                method="bc" if metric.startswith("ece") else "percentile",
-                nan_policy="omit" if metric == "auroc" else "raise",
-                random_state=random_state,
-            )
-            rows.append((name, deployable, metric, ci.estimate, ci.low, ci.high))
-    return pd.DataFrame(
-        rows,
-        columns=["router", "deployable", "metric", "estimate", "ci_low", "ci_high"],
+    from r2vcal.frontier import frontier_auc, reliability_cost_frontier, success_at
+    from r2vcal.metrics import (
+        debiased_calibration_error,
+        expected_calibration_error,
+        group_metrics,
     )
+
+    y01, g = d.y01, d.groups
+
+    def frontier(i: NDArray[np.intp]) -> pd.DataFrame:
+        return reliability_cost_frontier(
+            s[i], d.slm[i], d.llm[i], cost_slm=d.cost_slm, cost_llm=d.cost_llm
+        )
+
+    def success(i: NDArray[np.intp], budget: float) -> float:
+        return success_at(frontier(i), budget)
+
+    def group_attr(i: NDArray[np.intp], key: str) -> float:
+        assert g is not None
+        table = group_metrics(y01[i], p[i], g[i], tail=d.tail, n_bins=d.n_bins)
+        return float(table.attrs[key])
+
+    fns: dict[str, Callable[[NDArray[np.intp]], float]] = {
+        "brier": lambda i: float(np.mean((p[i] - y01[i]) ** 2)),
+        "ece": lambda i: expected_calibration_error(y01[i], p[i], n_bins=d.n_bins),
+        "ece_debiased": lambda i: debiased_calibration_error(
+            y01[i], p[i], n_bins=d.n_bins
+        ),
+        "auroc": lambda i: (
+            float(roc_auc_score(y01[i], s[i])) if 0 < y01[i].sum() < len(i) else np.nan
+        ),
+        "frontier_auc": lambda i: frontier_auc(frontier(i)),
+    }
+    if g is not None:
+        fns["worst_group_brier"] = lambda i: group_attr(i, "worst_brier")
+        fns["cvar_group_brier"] = lambda i: group_attr(i, "cvar_brier")
+    for b in budgets:
+        fns[f"success@{b:g}"] = partial(success, budget=b)
+    if ref is not None:
+        fns["rank_corr_vs_reference"] = lambda i: (
+            float(spearmanr(p[i], ref[i]).statistic)
+            if np.ptp(p[i]) > 0 and np.ptp(ref[i]) > 0
+            else 0.0  # a constant forecast carries no ranking
+        )
+    return fns
+
+
+def _bootstrap(
+    d: _HeldOut,
+    fns: Mapping[str, Callable[[NDArray[np.intp]], float]],
+    n_resamples: int,
+    confidence_level: float,
+    random_state: int | None,
+) -> list[tuple[str, tuple[float, float, float]]]:
+    """``(metric, (estimate, low, high))`` for each metric: see the Notes of
+    :func:`compare_routers` for the interval of each."""
+    from r2vcal.metrics import bootstrap_ci
+
+    g = d.groups
+    idx = np.arange(d.y01.shape[0])
+    one_class = not 0 < d.y01.sum() < d.y01.shape[0]
+    out = []
+    for metric, fn in fns.items():
+        if metric == "auroc" and one_class:
+            out.append((metric, (np.nan, np.nan, np.nan)))
+            continue
+        per_group = metric in ("worst_group_brier", "cvar_group_brier")
+        ci = bootstrap_ci(
+            fn,
+            idx,
+            n_resamples=n_resamples,
+            confidence_level=confidence_level,
+            groups=None if per_group else g,
+            strata=g if per_group else None,
+            method="bc" if metric.startswith("ece") else "percentile",
+            nan_policy="omit" if metric == "auroc" else "raise",
+            random_state=random_state,
+        )
+        out.append((metric, (ci.estimate, ci.low, ci.high)))
+    return out
