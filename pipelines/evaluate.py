@@ -567,10 +567,148 @@ def _load_run(cfg: EvaluateConfig) -> dict[str, Any]:
     return run
 
 
+def _arms(
+    cfg: EvaluateConfig,
+    routers: dict[str, Any],
+    X_table: pd.DataFrame,
+    cascade: Callable[..., Any],
+) -> tuple[list[tuple[str, float | None, Any]], dict[str, dict[str, float]]]:
+    """The arms ``(name, target rate, make cascade)`` and each router's table rates.
+
+    Every router decides by the rank of its risk score among the router
+    table's steps (:class:`RankedRouter`), so each reaches each target rate.
+    """
+    arms: list[tuple[str, float | None, Any]] = [
+        ("slm_only", None, lambda: cascade(routers["entropy"], 1.0, budget=0)),
+        ("teacher_only", None, lambda: cascade(routers["entropy"], 0.0)),
+        ("oracle", None, lambda: None),
+    ]
+    table_rates: dict[str, dict[str, float]] = {}
+    for name in _HEADLINE_ROUTERS:
+        ranked = None if name == "random" else RankedRouter(routers[name], X_table)
+        table_rates[name] = {}
+        for rate in cfg.rates:
+            if ranked is None:
+                tau, achieved = 1.0 - rate, rate
+                arms.append((name, rate, partial(cascade, routers[name], tau)))
+            else:
+                tau, achieved = ranked.threshold_for(rate)
+                arms.append((name, rate, partial(cascade, ranked, tau)))
+            table_rates[name][str(rate)] = achieved
+    return arms, table_rates
+
+
+def _play_arms(
+    loop: ClosedLoop,
+    arms: list[tuple[str, float | None, Any]],
+    tasks: list[str],
+    seeds: list[int],
+    progress: bool,
+) -> pd.DataFrame:
+    """Every arm on every ``(task, seed)``: one row per episode."""
+    from tqdm.auto import tqdm
+
+    episodes = []
+    bar = tqdm(
+        total=len(arms) * len(tasks) * len(seeds),
+        desc="closed loop",
+        disable=not progress,
+    )
+    for name, rate, make in arms:
+        cas = make()
+        for task in tasks:
+            for seed in seeds:
+                ep, _ = loop.run_episode(task, seed, cas)
+                ep.update(router=name, threshold_rate=rate)
+                episodes.append(ep)
+                bar.update()
+    bar.close()
+    return pd.DataFrame(episodes)
+
+
+def _arm_results(ep_df: pd.DataFrame, cfg: EvaluateConfig, out: Path) -> pd.DataFrame:
+    """Per-arm metrics (``closed_loop.csv``), per-seed success and the frontier."""
+    results = []
+    for (name, rate), grp in ep_df.groupby(
+        ["router", "threshold_rate"], dropna=False, sort=False
+    ):
+        m = arm_metrics(
+            grp,
+            cvar_tail=cfg.cvar_tail,
+            n_resamples=cfg.n_resamples,
+            random_state=cfg.random_state,
+            cost_slm=cfg.cost_slm,
+            cost_llm=cfg.cost_llm,
+        )
+        results.append({"router": name, "threshold_rate": rate, **m})
+    res = pd.DataFrame(results)
+    res["deployable"] = res["router"] != "oracle"
+    res.to_csv(out / "closed_loop.csv", index=False)
+    per_seed = ep_df.pivot_table(
+        index=["router", "threshold_rate"],
+        columns="seed",
+        values="success",
+        aggfunc="mean",
+        dropna=False,
+    )
+    per_seed.to_csv(out / "per_seed.csv")
+    plot_frontier(res, out / "frontier.png")
+    return res
+
+
+def _headline(
+    res: pd.DataFrame, ep_df: pd.DataFrame, cfg: EvaluateConfig
+) -> dict[str, Any]:
+    """Each router's LLM-call share at the teacher's success, and the ratios."""
+    teacher_success = float(res.loc[res["router"] == "teacher_only", "success"].iloc[0])
+    target = teacher_success - cfg.success_tolerance
+    headline: dict[str, Any] = {
+        "teacher_only_success": teacher_success,
+        "slm_only_success": float(
+            res.loc[res["router"] == "slm_only", "success"].iloc[0]
+        ),
+        "target_success": target,
+        "share_at_target": {
+            name: share_at_success(res, name, target) for name in _HEADLINE_ROUTERS
+        },
+    }
+    # The same question at a success level the entropy router does reach.
+    best = float(res[res["router"] == "entropy"]["success"].max())
+    at_best = {name: share_at_success(res, name, best) for name in _HEADLINE_ROUTERS}
+    headline["at_entropy_best"] = {
+        "success": best,
+        "share": at_best,
+        "cvar_over_entropy_share": at_best["cvar_brier"] / at_best["entropy"]
+        if at_best["entropy"] > 0
+        else None,
+    }
+    sh = headline["share_at_target"]
+    headline["cvar_over_entropy_share"] = (
+        sh["cvar_brier"] / sh["entropy"]
+        if sh["entropy"] and np.isfinite(sh["entropy"])
+        else None
+    )
+    for name in ("cvar_brier", "brier_only"):
+        sub = res[res["router"] == name]
+        headline[f"{name}_worst_seed_success_by_rate"] = dict(
+            zip(
+                sub["threshold_rate"].astype(str),
+                sub["worst_seed_success"],
+                strict=True,
+            )
+        )
+    headline["ratios"] = headline_ratios(
+        ep_df,
+        tolerance=cfg.success_tolerance,
+        n_resamples=cfg.n_resamples,
+        random_state=cfg.random_state,
+    )
+    return headline
+
+
 def main(cfg: EvaluateConfig) -> dict[str, Any]:
     """Run every arm in closed loop, the mixed-trajectory rounds, and the report."""
     import torch
-    from tqdm.auto import tqdm
 
     from r2vcal.cascade import StepCascade
 
@@ -638,118 +776,11 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
             **costs,
         )
 
-    arms: list[tuple[str, float | None, Any]] = [
-        ("slm_only", None, lambda: cascade(routers["entropy"], 1.0, budget=0)),
-        ("teacher_only", None, lambda: cascade(routers["entropy"], 0.0)),
-        ("oracle", None, lambda: None),
-    ]
-    # Every router decides by the rank of its risk score among the router
-    # table's steps (RankedRouter), so each reaches each target rate.
-    table_rates: dict[str, dict[str, float]] = {}
-    for name in ("cvar_brier", "brier_only", "entropy", "verifier", "random"):
-        ranked = None if name == "random" else RankedRouter(routers[name], X_table)
-        table_rates[name] = {}
-        for rate in cfg.rates:
-            if ranked is None:
-                tau, achieved = 1.0 - rate, rate
-                arms.append((name, rate, partial(cascade, routers[name], tau)))
-            else:
-                tau, achieved = ranked.threshold_for(rate)
-                arms.append((name, rate, partial(cascade, ranked, tau)))
-            table_rates[name][str(rate)] = achieved
-    episodes, steps = [], []
-    bar = tqdm(
-        total=len(arms) * len(tasks) * len(seeds),
-        desc="closed loop",
-        disable=not cfg.progress,
-    )
-    for name, rate, make in arms:
-        cas = make()
-        for task in tasks:
-            for seed in seeds:
-                ep, rows = loop.run_episode(task, seed, cas)
-                ep.update(router=name, threshold_rate=rate)
-                episodes.append(ep)
-                for r in rows:
-                    r.update(router=name, threshold_rate=rate)
-                steps.extend(rows)
-                bar.update()
-    bar.close()
-    ep_df = pd.DataFrame(episodes)
+    arms, table_rates = _arms(cfg, routers, X_table, cascade)
+    ep_df = _play_arms(loop, arms, tasks, seeds, cfg.progress)
     ep_df.to_csv(out / "episodes.csv", index=False)
-    results = []
-    for (name, rate), grp in ep_df.groupby(
-        ["router", "threshold_rate"], dropna=False, sort=False
-    ):
-        m = arm_metrics(
-            grp,
-            cvar_tail=cfg.cvar_tail,
-            n_resamples=cfg.n_resamples,
-            random_state=cfg.random_state,
-            **costs,
-        )
-        results.append({"router": name, "threshold_rate": rate, **m})
-    res = pd.DataFrame(results)
-    res["deployable"] = res["router"] != "oracle"
-    res.to_csv(out / "closed_loop.csv", index=False)
-    per_seed = ep_df.pivot_table(
-        index=["router", "threshold_rate"],
-        columns="seed",
-        values="success",
-        aggfunc="mean",
-        dropna=False,
-    )
-    per_seed.to_csv(out / "per_seed.csv")
-    plot_frontier(res, out / "frontier.png")
-
-    teacher_success = float(res.loc[res["router"] == "teacher_only", "success"].iloc[0])
-    target = teacher_success - cfg.success_tolerance
-    headline = {
-        "teacher_only_success": teacher_success,
-        "slm_only_success": float(
-            res.loc[res["router"] == "slm_only", "success"].iloc[0]
-        ),
-        "target_success": target,
-        "share_at_target": {
-            name: share_at_success(res, name, target)
-            for name in ("cvar_brier", "brier_only", "entropy", "verifier", "random")
-        },
-    }
-    # The same question at a success level the entropy router does reach.
-    ent = res[res["router"] == "entropy"]
-    best = float(ent["success"].max())
-    at_best = {
-        name: share_at_success(res, name, best)
-        for name in ("cvar_brier", "brier_only", "entropy", "verifier", "random")
-    }
-    headline["at_entropy_best"] = {
-        "success": best,
-        "share": at_best,
-        "cvar_over_entropy_share": at_best["cvar_brier"] / at_best["entropy"]
-        if at_best["entropy"] > 0
-        else None,
-    }
-    sh = headline["share_at_target"]
-    headline["cvar_over_entropy_share"] = (
-        sh["cvar_brier"] / sh["entropy"]
-        if sh["entropy"] and np.isfinite(sh["entropy"])
-        else None
-    )
-    for name in ("cvar_brier", "brier_only"):
-        sub = res[res["router"] == name]
-        headline[f"{name}_worst_seed_success_by_rate"] = dict(
-            zip(
-                sub["threshold_rate"].astype(str),
-                sub["worst_seed_success"],
-                strict=True,
-            )
-        )
-    headline["ratios"] = headline_ratios(
-        ep_df,
-        tolerance=cfg.success_tolerance,
-        n_resamples=cfg.n_resamples,
-        random_state=cfg.random_state,
-    )
+    res = _arm_results(ep_df, cfg, out)
+    headline = _headline(res, ep_df, cfg)
     headline["router_table_escalation_rates"] = table_rates
     summary: dict[str, Any] = {
         "config": asdict(cfg),

@@ -45,6 +45,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ from pipelines._cli import config_from_args
 from pipelines.labels import label_confusion
 from pipelines.prompting import PROMPT_DEFAULTS, prompt_kwargs_of
 
-__all__ = ["RunConfig", "main", "make_parser", "success_summary"]
+__all__ = ["STAGES", "RunConfig", "Stage", "main", "make_parser", "success_summary"]
 
 _ROUTER_SEED0 = 500
 _TEST_SEED0 = 1000
@@ -226,23 +227,7 @@ def _label_summary(table: Any) -> dict[str, Any]:
     return out
 
 
-def main(cfg: RunConfig) -> dict[str, Any]:
-    """Run the chain; return the summary (also written to ``run_summary.json``).
-
-    Parameters
-    ----------
-    cfg : RunConfig
-
-    Returns
-    -------
-    dict
-        See the module docstring for the keys.
-    """
-    import pandas as pd
-
-    from pipelines import bc, collect, dpo, rollout, verifier
-    from pipelines.envs import shared_env
-
+def _check(cfg: RunConfig) -> None:
     for name in ("n_train", "n_router", "n_test", "n_train_seeds", "n_test_seeds"):
         if getattr(cfg, name) < 1:
             raise ValueError(
@@ -252,13 +237,9 @@ def main(cfg: RunConfig) -> dict[str, Any]:
         raise ValueError(f"n_router_seeds must be >= 1; got {cfg.n_router_seeds}.")
     if cfg.n_train < 2:
         raise ValueError("n_train must be >= 2 (the verifier holds out whole games).")
-    if cfg.torch_threads is not None:
-        import torch
 
-        torch.set_num_threads(cfg.torch_threads)
-    t_start = time.perf_counter()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+
+def _env_kwargs(cfg: RunConfig) -> dict[str, Any]:
     env_kwargs: dict[str, Any] = {
         "kind": cfg.kind,
         "n_games": {
@@ -270,15 +251,16 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     }
     if cfg.settings is not None:
         env_kwargs["settings"] = dict(cfg.settings)
-    pk = prompt_kwargs_of(cfg)
-    router_seeds = [_ROUTER_SEED0 + i for i in range(cfg.n_router_seeds)]
-    test_seeds = [_TEST_SEED0 + i for i in range(cfg.n_test_seeds)]
-    slm_dir = out / ("dpo" if cfg.dpo else "bc")
+    return env_kwargs
+
+
+def _initial_summary(cfg: RunConfig, out: Path) -> dict[str, Any]:
+    """What later steps need (module docstring), before any step ran."""
     traj = out / "train.jsonl"
-    summary: dict[str, Any] = {
+    return {
         "config": asdict(cfg),
         "env": "textworld",
-        "env_kwargs": env_kwargs,
+        "env_kwargs": _env_kwargs(cfg),
         "families": list(cfg.families),
         "rate": cfg.rate,
         "max_steps": cfg.max_steps,
@@ -287,12 +269,12 @@ def main(cfg: RunConfig) -> dict[str, Any]:
         "select": cfg.select,
         "temperature": cfg.temperature,
         "max_new_tokens": cfg.max_new_tokens,
-        "prompt_kwargs": pk,
+        "prompt_kwargs": prompt_kwargs_of(cfg),
         "train_seeds": list(range(cfg.n_train_seeds)),
-        "router_seeds": router_seeds,
-        "test_seeds": test_seeds,
+        "router_seeds": [_ROUTER_SEED0 + i for i in range(cfg.n_router_seeds)],
+        "test_seeds": [_TEST_SEED0 + i for i in range(cfg.n_test_seeds)],
         "artifacts": {
-            "slm": str(slm_dir),
+            "slm": str(out / ("dpo" if cfg.dpo else "bc")),
             "bc": str(out / "bc"),
             "dpo": str(out / "dpo") if cfg.dpo else None,
             "verifier": str(out / "verifier"),
@@ -304,112 +286,54 @@ def main(cfg: RunConfig) -> dict[str, Any]:
         "seconds": {},
     }
 
-    def log(msg: str) -> None:
-        if cfg.verbose:
-            elapsed = time.perf_counter() - t_start
+
+class _Chain:
+    """The state one run shares between its stages: config, folder, summary."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.t_start = time.perf_counter()
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.summary = _initial_summary(cfg, self.out)
+        self.art: dict[str, Any] = self.summary["artifacts"]
+        self.env_kwargs: dict[str, Any] = self.summary["env_kwargs"]
+        self.pk: dict[str, Any] = self.summary["prompt_kwargs"]
+        self.traj = self.out / "train.jsonl"
+        self.other: Path | None = None  # the policy not frozen (with DPO)
+
+    def log(self, msg: str) -> None:
+        if self.cfg.verbose:
+            elapsed = time.perf_counter() - self.t_start
             print(f"[run {elapsed:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    def save() -> None:
-        (out / "run_summary.json").write_text(json.dumps(summary, indent=2))
+    def save(self) -> None:
+        (self.out / "run_summary.json").write_text(json.dumps(self.summary, indent=2))
 
-    def timed(name: str, fn: Any, *args: Any) -> Any:
-        log(f"{name} ...")
+    def timed(self, name: str, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)``; its result (less ``config``) is ``summary[name]``."""
+        self.log(f"{name} ...")
         t0 = time.perf_counter()
         res = fn(*args)
-        summary["seconds"][name] = round(time.perf_counter() - t0, 2)
+        self.summary["seconds"][name] = round(time.perf_counter() - t0, 2)
         if isinstance(res, dict):
             res = {k: v for k, v in res.items() if k != "config"}
-        summary[name] = res
-        save()
-        log(f"{name} done in {summary['seconds'][name]:.1f}s")
+        self.summary[name] = res
+        self.save()
+        self.log(f"{name} done in {self.summary['seconds'][name]:.1f}s")
         return res
 
-    def prepare() -> dict[str, Any]:
-        env = shared_env("textworld", env_kwargs)
-        env.prepare(("train", "validation", "test"), n_jobs=max(1, cfg.n_jobs))
-        return {"n_games": sum(env_kwargs["n_games"].values())}
+    def roll(self, slm: Path, split: str, seeds: list[int], path: str, cf: bool) -> Any:
+        """Roll ``slm`` out on ``split`` under ``seeds`` into ``path``."""
+        from pipelines import rollout
 
-    timed("games", prepare)
-    if traj.exists():
-        traj.unlink()  # a fresh run; collect would otherwise resume
-    timed(
-        "collect",
-        collect.main,
-        collect.CollectConfig(
-            env="textworld",
-            out=str(traj),
-            env_kwargs=env_kwargs,
-            split="train",
-            n_seeds=cfg.n_train_seeds,
-            families=list(cfg.families),
-            rate=cfg.rate,
-            noise_rate=cfg.noise_rate,
-            max_steps=cfg.collect_max_steps or cfg.max_steps,
-            n_jobs=1,
-            backend=None,
-            progress=cfg.verbose,
-        ),
-    )
-    timed(
-        "bc",
-        bc.main,
-        bc.BCConfig(
-            trajectories=[str(traj)],
-            output_dir=str(out / "bc"),
-            vocab_size=cfg.vocab_size,
-            hidden_size=cfg.hidden_size,
-            n_layers=cfg.n_layers,
-            max_steps=cfg.bc_steps,
-            batch_size=cfg.bc_batch_size,
-            learning_rate=cfg.bc_learning_rate,
-            logging_steps=max(1, cfg.bc_steps // 4),
-            progress=cfg.verbose,
-            **pk,
-        ),
-    )
-    timed(
-        "verifier",
-        verifier.main,
-        verifier.VerifierConfig(
-            trajectories=[str(traj)],
-            output_dir=str(out / "verifier"),
-            slm=str(out / "bc"),
-            slm_k=cfg.k,
-            slm_max_contexts=cfg.verifier_contexts,
-            slm_temperature=cfg.temperature,
-            slm_max_new_tokens=cfg.max_new_tokens,
-            **pk,
-        ),
-    )
-    if cfg.dpo:
-        timed(
-            "dpo",
-            dpo.main,
-            dpo.DPOConfigR2V(
-                slm=str(out / "bc"),
-                verifier=str(out / "verifier"),
-                trajectories=[str(traj)],
-                output_dir=str(out / "dpo"),
-                dpo_weight=cfg.dpo_weight,
-                consistency_weight=cfg.consistency_weight,
-                max_pairs=cfg.dpo_max_pairs,
-                k=cfg.k,
-                temperature=cfg.temperature,
-                max_new_tokens=cfg.max_new_tokens,
-                max_steps=cfg.dpo_steps,
-                learning_rate=cfg.dpo_learning_rate,
-                progress=cfg.verbose,
-                **pk,
-            ),
-        )
-
-    def roll(slm: Path, split: str, seeds: list[int], path: str, cf: bool) -> Any:
+        cfg = self.cfg
         return rollout.main(
             rollout.RolloutConfig(
                 slm=str(slm),
-                verifier=str(out / "verifier"),
+                verifier=str(self.out / "verifier"),
                 out=path,
-                env_kwargs=env_kwargs,
+                env_kwargs=self.env_kwargs,
                 split=split,
                 seeds=seeds,
                 families=list(cfg.families),
@@ -423,80 +347,182 @@ def main(cfg: RunConfig) -> dict[str, Any]:
                 counterfactual=cf,
                 n_jobs=cfg.n_jobs,
                 progress=cfg.verbose,
-                **pk,
+                **self.pk,
             )
         )
 
-    art = summary["artifacts"]
-    other: Path | None = None
-    if cfg.dpo:
-        # Model selection on the validation games (never the test games): the
-        # recipe's BC+DPO policy is kept unless it wins fewer episodes than BC.
-        rates = {}
-        for name in ("bc", "dpo"):
-            path = str(out / f"select_{name}.parquet")
-            timed(
-                f"select_{name}",
-                roll,
-                out / name,
-                "validation",
-                router_seeds,
-                path,
-                False,
-            )
-            rates[name] = float(
-                pd.read_parquet(path)
-                .groupby("episode_id")["slm_success"]
-                .first()
-                .mean()
-            )
-        chosen = "dpo" if rates["dpo"] >= rates["bc"] else "bc"
-        slm_dir, other = out / chosen, out / ("bc" if chosen == "dpo" else "dpo")
-        art["slm"] = str(slm_dir)
-        summary["selection"] = {
-            "validation_success": rates,
-            "frozen_slm": chosen,
-            "rule": "BC+DPO unless BC wins more validation episodes",
-        }
-        save()
-        log(f"frozen SLM: {chosen} (validation success {rates})")
-    timed(
-        "rollout_router",
-        roll,
-        slm_dir,
-        "validation",
-        router_seeds,
-        art["router_table"],
-        True,
+
+# ------------------------------------------------------------------ stages
+def _games(ch: _Chain) -> dict[str, Any]:
+    from pipelines.envs import shared_env
+
+    env = shared_env("textworld", ch.env_kwargs)
+    env.prepare(("train", "validation", "test"), n_jobs=max(1, ch.cfg.n_jobs))
+    return {"n_games": sum(ch.env_kwargs["n_games"].values())}
+
+
+def _collect(ch: _Chain) -> dict[str, Any]:
+    from pipelines import collect
+
+    cfg = ch.cfg
+    if ch.traj.exists():
+        ch.traj.unlink()  # a fresh run; collect would otherwise resume
+    return collect.main(
+        collect.CollectConfig(
+            env="textworld",
+            out=str(ch.traj),
+            env_kwargs=ch.env_kwargs,
+            split="train",
+            n_seeds=cfg.n_train_seeds,
+            families=list(cfg.families),
+            rate=cfg.rate,
+            noise_rate=cfg.noise_rate,
+            max_steps=cfg.collect_max_steps or cfg.max_steps,
+            n_jobs=1,
+            backend=None,
+            progress=cfg.verbose,
+        )
     )
-    timed("rollout_test", roll, slm_dir, "test", test_seeds, art["test_table"], True)
-    if other is not None:
-        art["other_test_table"] = str(out / "rollout_test_other.parquet")
-        timed(
-            "rollout_test_other",
-            roll,
-            other,
-            "test",
-            test_seeds,
-            art["other_test_table"],
-            False,
-        )
-        art["bc_test_table"] = (
-            art["other_test_table"] if other.name == "bc" else art["test_table"]
-        )
-        art["dpo_test_table"] = (
-            art["other_test_table"] if other.name == "dpo" else art["test_table"]
-        )
-    else:
-        art["bc_test_table"] = art["test_table"]
 
+
+def _bc(ch: _Chain) -> dict[str, Any]:
+    from pipelines import bc
+
+    cfg = ch.cfg
+    return bc.main(
+        bc.BCConfig(
+            trajectories=[str(ch.traj)],
+            output_dir=str(ch.out / "bc"),
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.hidden_size,
+            n_layers=cfg.n_layers,
+            max_steps=cfg.bc_steps,
+            batch_size=cfg.bc_batch_size,
+            learning_rate=cfg.bc_learning_rate,
+            logging_steps=max(1, cfg.bc_steps // 4),
+            progress=cfg.verbose,
+            **ch.pk,
+        )
+    )
+
+
+def _verifier(ch: _Chain) -> dict[str, Any]:
+    from pipelines import verifier
+
+    cfg = ch.cfg
+    return verifier.main(
+        verifier.VerifierConfig(
+            trajectories=[str(ch.traj)],
+            output_dir=str(ch.out / "verifier"),
+            slm=str(ch.out / "bc"),
+            slm_k=cfg.k,
+            slm_max_contexts=cfg.verifier_contexts,
+            slm_temperature=cfg.temperature,
+            slm_max_new_tokens=cfg.max_new_tokens,
+            **ch.pk,
+        )
+    )
+
+
+def _dpo(ch: _Chain) -> dict[str, Any]:
+    from pipelines import dpo
+
+    cfg = ch.cfg
+    return dpo.main(
+        dpo.DPOConfigR2V(
+            slm=str(ch.out / "bc"),
+            verifier=str(ch.out / "verifier"),
+            trajectories=[str(ch.traj)],
+            output_dir=str(ch.out / "dpo"),
+            dpo_weight=cfg.dpo_weight,
+            consistency_weight=cfg.consistency_weight,
+            max_pairs=cfg.dpo_max_pairs,
+            k=cfg.k,
+            temperature=cfg.temperature,
+            max_new_tokens=cfg.max_new_tokens,
+            max_steps=cfg.dpo_steps,
+            learning_rate=cfg.dpo_learning_rate,
+            progress=cfg.verbose,
+            **ch.pk,
+        )
+    )
+
+
+def _select(ch: _Chain) -> None:
+    """Model selection on the validation games (never the test games).
+
+    The recipe's BC+DPO policy is kept unless it wins fewer episodes than BC.
+    """
+    import pandas as pd
+
+    rates = {}
+    for name in ("bc", "dpo"):
+        path = str(ch.out / f"select_{name}.parquet")
+        seeds = ch.summary["router_seeds"]
+        ch.timed(
+            f"select_{name}", ch.roll, ch.out / name, "validation", seeds, path, False
+        )
+        rates[name] = float(
+            pd.read_parquet(path).groupby("episode_id")["slm_success"].first().mean()
+        )
+    chosen = "dpo" if rates["dpo"] >= rates["bc"] else "bc"
+    ch.other = ch.out / ("bc" if chosen == "dpo" else "dpo")
+    ch.art["slm"] = str(ch.out / chosen)
+    ch.summary["selection"] = {
+        "validation_success": rates,
+        "frozen_slm": chosen,
+        "rule": "BC+DPO unless BC wins more validation episodes",
+    }
+    ch.save()
+    ch.log(f"frozen SLM: {chosen} (validation success {rates})")
+
+
+def _rollout_router(ch: _Chain) -> Any:
+    seeds = ch.summary["router_seeds"]
+    return ch.roll(
+        Path(ch.art["slm"]), "validation", seeds, ch.art["router_table"], True
+    )
+
+
+def _rollout_test(ch: _Chain) -> Any:
+    seeds = ch.summary["test_seeds"]
+    return ch.roll(Path(ch.art["slm"]), "test", seeds, ch.art["test_table"], True)
+
+
+def _rollout_test_other(ch: _Chain) -> Any:
+    assert ch.other is not None  # the stage's skip rule
+    ch.art["other_test_table"] = str(ch.out / "rollout_test_other.parquet")
+    seeds = ch.summary["test_seeds"]
+    return ch.roll(ch.other, "test", seeds, ch.art["other_test_table"], False)
+
+
+def _test_tables(ch: _Chain) -> None:
+    """Point ``bc_test_table`` / ``dpo_test_table`` at the right files."""
+    art = ch.art
+    if ch.other is None:
+        art["bc_test_table"] = art["test_table"]
+        return
+    other = ch.other.name
+    art["bc_test_table"] = (
+        art["other_test_table"] if other == "bc" else art["test_table"]
+    )
+    art["dpo_test_table"] = (
+        art["other_test_table"] if other == "dpo" else art["test_table"]
+    )
+
+
+def _figures(ch: _Chain) -> None:
+    """Success rates (game-clustered CIs) and label balance of the tables."""
+    import pandas as pd
+
+    cfg, art, summary = ch.cfg, ch.art, ch.summary
     test = pd.read_parquet(art["test_table"])
     test_bc = pd.read_parquet(art["bc_test_table"])
     router = pd.read_parquet(art["router_table"])
     kw = {"n_resamples": cfg.n_resamples}
     summary["success"] = {
         "split": "test",
-        "seeds": test_seeds,
+        "seeds": summary["test_seeds"],
         "bc": success_summary(test_bc, **kw),
         "slm": success_summary(test, **kw),
         "teacher": success_summary(test, "teacher_success", **kw),
@@ -508,10 +534,110 @@ def main(cfg: RunConfig) -> dict[str, Any]:
             pd.read_parquet(art["dpo_test_table"]), **kw
         )
     summary["labels"] = {"router": _label_summary(router), "test": _label_summary(test)}
-    summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
-    save()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the chain.
+
+    Parameters
+    ----------
+    name : str
+        The step's key in ``run_summary.json`` (its result and its seconds)
+        when ``timed``.
+    fn : callable
+        ``fn(chain)``; reads ``inputs`` and writes ``outputs``.
+    inputs, outputs : tuple of str
+        Artifacts (files or folders under the run folder) it reads / writes.
+    skip : callable, optional
+        ``skip(chain)`` → True leaves the step out.
+    timed : bool, default=True
+        Time and log the step and keep its result in the summary.
+    """
+
+    name: str
+    fn: Callable[[_Chain], Any]
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    skip: Callable[[_Chain], bool] | None = None
+    timed: bool = True
+
+
+def _no_dpo(ch: _Chain) -> bool:
+    return not ch.cfg.dpo
+
+
+#: The chain, in order (module docstring).
+STAGES: tuple[Stage, ...] = (
+    Stage("games", _games, outputs=("games",)),
+    Stage("collect", _collect, ("games",), ("train.jsonl",)),
+    Stage("bc", _bc, ("train.jsonl",), ("bc",)),
+    Stage("verifier", _verifier, ("train.jsonl", "bc"), ("verifier",)),
+    Stage("dpo", _dpo, ("train.jsonl", "bc", "verifier"), ("dpo",), _no_dpo),
+    Stage(
+        "select",
+        _select,
+        ("bc", "dpo", "verifier"),
+        ("select_bc.parquet", "select_dpo.parquet"),
+        _no_dpo,
+        timed=False,
+    ),
+    Stage(
+        "rollout_router",
+        _rollout_router,
+        ("slm", "verifier"),
+        ("rollout_router.parquet",),
+    ),
+    Stage(
+        "rollout_test", _rollout_test, ("slm", "verifier"), ("rollout_test.parquet",)
+    ),
+    Stage(
+        "rollout_test_other",
+        _rollout_test_other,
+        ("other slm", "verifier"),
+        ("rollout_test_other.parquet",),
+        lambda ch: ch.other is None,
+    ),
+    Stage("test_tables", _test_tables, timed=False),
+    Stage(
+        "figures",
+        _figures,
+        ("rollout_test.parquet", "rollout_router.parquet"),
+        timed=False,
+    ),
+)
+
+
+def main(cfg: RunConfig) -> dict[str, Any]:
+    """Run the chain (:data:`STAGES`); return the summary (``run_summary.json``).
+
+    Parameters
+    ----------
+    cfg : RunConfig
+
+    Returns
+    -------
+    dict
+        See the module docstring for the keys.
+    """
+    _check(cfg)
+    if cfg.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.torch_threads)
+    ch = _Chain(cfg)
+    for stage in STAGES:
+        if stage.skip is not None and stage.skip(ch):
+            continue
+        if stage.timed:
+            ch.timed(stage.name, stage.fn, ch)
+        else:
+            stage.fn(ch)
+    summary = ch.summary
+    summary["total_seconds"] = round(time.perf_counter() - ch.t_start, 2)
+    ch.save()
     s = summary["success"]
-    log(
+    ch.log(
         "test success: BC {:.2f}, SLM {:.2f}, teacher {:.2f}; total {:.0f}s".format(
             s["bc"]["rate"],
             s["slm"]["rate"],
