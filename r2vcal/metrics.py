@@ -24,7 +24,7 @@ to it for equal weights). Repeated quantile edges give empty bins, which carry n
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -818,16 +818,8 @@ def bootstrap_ci(
     confidence_level = check_float(
         confidence_level, "confidence_level", caller, 0.0, 1.0, closed="neither"
     )
-    arrs = [np.asarray(a) for a in arrays]
-    for k, a in enumerate(arrs):
-        if a.ndim == 0:
-            raise ValueError(f"{caller}: array {k} is a scalar; arrays must be 1-D+.")
+    arrs = _same_length_arrays(arrays, caller)
     n = arrs[0].shape[0]
-    lengths = [a.shape[0] for a in arrs]
-    if any(m != n for m in lengths):
-        raise ValueError(f"{caller}: arrays must have the same length; got {lengths}.")
-    if n == 0:
-        raise ValueError(f"{caller}: the arrays are empty.")
     if isinstance(random_state, np.random.RandomState):
         rng = np.random.default_rng(random_state.randint(0, 2**31 - 1))
     else:
@@ -853,24 +845,9 @@ def bootstrap_ci(
     estimate = evaluate(None)
     if not np.isfinite(estimate):
         raise ValueError(f"{caller}: metric returned {estimate} on the full data.")
-    stats = np.empty(n_resamples)
-    if strata is not None:
-        order, starts, sizes = _group_members(strata, n)
-        for b in range(n_resamples):
-            offs = np.floor(rng.random(n) * np.repeat(sizes, sizes)).astype(np.intp)
-            stats[b] = evaluate(order[np.repeat(starts, sizes) + offs])
-    elif groups is None:
-        for b in range(n_resamples):
-            idx = np.asarray(rng.integers(0, n, size=n), dtype=np.intp)
-            stats[b] = evaluate(idx)
-    else:
-        order, starts, sizes = _group_members(groups, n)
-        n_groups = sizes.size
-        for b in range(n_resamples):
-            pick = rng.integers(0, n_groups, size=n_groups)
-            sz = sizes[pick]
-            offsets = np.arange(sz.sum()) - np.repeat(np.cumsum(sz) - sz, sz)
-            stats[b] = evaluate(order[np.repeat(starts[pick], sz) + offsets])
+    stats = np.array(
+        [evaluate(idx) for idx in _resamples(rng, n, n_resamples, groups, strata)]
+    )
     bad = ~np.isfinite(stats)
     if nan_policy == "omit" and bad.sum() <= n_resamples // 2:
         stats = stats[~bad]
@@ -882,6 +859,57 @@ def bootstrap_ci(
             "metric defined on every resample or a cluster bootstrap with more "
             "groups."
         )
+    low, high = _percentile_interval(stats, estimate, confidence_level, method)
+    return BootstrapCI(estimate=estimate, low=float(low), high=float(high))
+
+
+def _same_length_arrays(arrays: tuple[Any, ...], caller: str) -> list[NDArray[Any]]:
+    """The arrays as numpy arrays of one non-zero length (the first axis)."""
+    arrs = [np.asarray(a) for a in arrays]
+    for k, a in enumerate(arrs):
+        if a.ndim == 0:
+            raise ValueError(f"{caller}: array {k} is a scalar; arrays must be 1-D+.")
+    n = arrs[0].shape[0]
+    lengths = [a.shape[0] for a in arrs]
+    if any(m != n for m in lengths):
+        raise ValueError(f"{caller}: arrays must have the same length; got {lengths}.")
+    if n == 0:
+        raise ValueError(f"{caller}: the arrays are empty.")
+    return arrs
+
+
+def _resamples(
+    rng: np.random.Generator,
+    n: int,
+    n_resamples: int,
+    groups: ArrayLike | None,
+    strata: ArrayLike | None,
+) -> Iterator[NDArray[np.intp]]:
+    """Row indices of each resample: rows within each stratum, whole groups
+    (cluster bootstrap) or rows."""
+    if strata is not None:
+        order, starts, sizes = _group_members(strata, n)
+        for _ in range(n_resamples):
+            offs = np.floor(rng.random(n) * np.repeat(sizes, sizes)).astype(np.intp)
+            yield order[np.repeat(starts, sizes) + offs]
+    elif groups is None:
+        for _ in range(n_resamples):
+            yield np.asarray(rng.integers(0, n, size=n), dtype=np.intp)
+    else:
+        order, starts, sizes = _group_members(groups, n)
+        n_groups = sizes.size
+        for _ in range(n_resamples):
+            pick = rng.integers(0, n_groups, size=n_groups)
+            sz = sizes[pick]
+            offsets = np.arange(sz.sum()) - np.repeat(np.cumsum(sz) - sz, sz)
+            yield order[np.repeat(starts[pick], sz) + offsets]
+
+
+def _percentile_interval(
+    stats: FloatArray, estimate: float, confidence_level: float, method: str
+) -> tuple[float, float]:
+    """Percentile interval of the bootstrap ``stats``; ``method="bc"`` shifts
+    the percentiles by the bias correction ``z0``."""
     alpha = 1.0 - confidence_level
     q = np.array([0.5 * alpha, 1.0 - 0.5 * alpha])
     if method == "bc":
@@ -895,4 +923,4 @@ def bootstrap_ci(
         z0 = float(norm.ppf(np.clip(below, 0.5 / m, 1.0 - 0.5 / m)))
         q = norm.cdf(2.0 * z0 + norm.ppf(q))
     low, high = np.percentile(stats, 100.0 * q)
-    return BootstrapCI(estimate=estimate, low=float(low), high=float(high))
+    return float(low), float(high)
