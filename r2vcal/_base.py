@@ -8,14 +8,18 @@ the parent of :class:`~r2vcal.CVaRBrierRouter` and of the baselines;
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import logit
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    validate_data,
+)
 
 __all__ = [
     "PROB_EPS",
@@ -119,9 +123,10 @@ def as_unit_interval(score: NDArray[np.float64]) -> NDArray[np.float64]:
 class BaseRouter(ClassifierMixin, BaseEstimator):
     """Shared plumbing of the routers: target, threshold, predictions, ``route``.
 
-    A subclass implements ``_proba1(X)``: the escalation probability on raw
-    input ``X`` (checking that the router is fitted and validating ``X``). Every
-    predict-like method derives from it. ``deployable = False`` marks a
+    A subclass implements ``_fit(X, y01, sample_weight)`` on validated arrays
+    (or overrides :meth:`fit`) and ``_proba1(X)``: the escalation probability
+    on raw input ``X`` (:meth:`_check_X` checks that the router is fitted and
+    validates ``X``). Every predict-like method derives from ``_proba1``. ``deployable = False`` marks a
     hindsight reference (the oracle); ``_poor_score = True`` tells scikit-learn's
     estimator checks that a one-feature heuristic makes no accuracy promise.
     """
@@ -134,6 +139,45 @@ class BaseRouter(ClassifierMixin, BaseEstimator):
         tags.classifier_tags.multi_class = False
         tags.classifier_tags.poor_score = self._poor_score
         return tags
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        groups: ArrayLike | None = None,
+        sample_weight: ArrayLike | None = None,
+    ) -> Self:
+        """Fit the router; ``groups`` is accepted for interface parity and ignored.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+            Binary label, ``classes_[1]`` = "escalation needed".
+        groups : array-like of shape (n_samples,), default=None
+            Ignored.
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self
+        """
+        Xv, yv = validate_data(self, X, y, dtype=np.float64)
+        y01 = self._fit_target(yv)
+        self._fit(Xv, y01, _check_sample_weight(sample_weight, Xv))
+        return self
+
+    def _fit(
+        self, X: NDArray[np.float64], y01: NDArray[np.float64], sw: NDArray[np.float64]
+    ) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_X(self, X: ArrayLike) -> NDArray[np.float64]:
+        """``X`` validated against the fitted router, as float64."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return np.asarray(X, dtype=np.float64)
 
     def _fit_target(self, y: ArrayLike) -> NDArray[np.float64]:
         return encode_binary_target(self, y)

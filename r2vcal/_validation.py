@@ -57,12 +57,8 @@ def check_choice(value: Any, name: str, choices: frozenset[str], caller: str) ->
 
 
 def check_int(value: Any, name: str, caller: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(
-            f"The {name!r} parameter of {caller} must be an int in the range "
-            f"[{minimum}, inf). Got {value!r} instead."
-        )
-    if value < minimum:
+    is_int = not isinstance(value, bool) and isinstance(value, numbers.Integral)
+    if not is_int or value < minimum:
         raise ValueError(
             f"The {name!r} parameter of {caller} must be an int in the range "
             f"[{minimum}, inf). Got {value!r} instead."
@@ -123,10 +119,16 @@ def as_1d(x: Any, name: str, caller: str, dtype: Any = np.float64) -> NDArray[An
     return arr
 
 
-def check_prob(y_prob: Any, caller: str, name: str = "y_prob") -> FloatArray:
-    p = as_1d(y_prob, name, caller)
-    if p.size == 0:
+def _nonempty_1d(x: Any, name: str, caller: str) -> FloatArray:
+    arr = as_1d(x, name, caller)
+    if arr.size == 0:
         raise ValueError(f"{caller}: {name} is empty; at least one sample is needed.")
+    return arr
+
+
+def check_prob(y_prob: Any, caller: str, name: str = "y_prob") -> FloatArray:
+    """``y_prob`` as a non-empty 1-D array of probabilities in [0, 1]."""
+    p = _nonempty_1d(y_prob, name, caller)
     lo, hi = float(p.min()), float(p.max())
     if np.isnan(lo) or np.isnan(hi):
         raise ValueError(f"{caller}: {name} contains NaN.")
@@ -139,9 +141,8 @@ def check_prob(y_prob: Any, caller: str, name: str = "y_prob") -> FloatArray:
 
 
 def check_labels(y_true: Any, caller: str, name: str = "y_true") -> FloatArray:
-    y = as_1d(y_true, name, caller)
-    if y.size == 0:
-        raise ValueError(f"{caller}: {name} is empty; at least one sample is needed.")
+    """``y_true`` as a non-empty 1-D array of 0/1 labels (float64)."""
+    y = _nonempty_1d(y_true, name, caller)
     ok = (y == 0.0) | (y == 1.0)
     if not ok.all():
         bad = np.unique(y[~ok])[:5]

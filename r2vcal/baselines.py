@@ -25,15 +25,12 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import expit
-from sklearn.base import _fit_context
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import (
-    _check_sample_weight,
     check_is_fitted,
-    validate_data,
 )
 
 from r2vcal._base import BaseRouter, as_unit_interval, positive_proba
@@ -103,33 +100,20 @@ class _FeatureRouter(BaseRouter):
                 )
         return np.asarray(Xv[:, j], dtype=np.float64)
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(
-        self,
-        X: ArrayLike,
-        y: ArrayLike,
-        groups: ArrayLike | None = None,
-        sample_weight: ArrayLike | None = None,
-    ) -> _FeatureRouter:
-        """Fit the isotonic map from the feature to the escalation probability.
-
-        ``groups`` is accepted for interface parity and ignored.
-        """
-        Xv, yv = validate_data(self, X, y, dtype=np.float64)
-        s = self._column(Xv)
-        y01 = self._fit_target(yv)
-        sw = _check_sample_weight(sample_weight, s.reshape(-1, 1))
+    def _fit(
+        self, X: NDArray[np.float64], y01: NDArray[np.float64], sw: NDArray[np.float64]
+    ) -> None:
+        """Fit the isotonic map from the feature to the escalation probability."""
+        s = self._column(X)
         iso = IsotonicRegression(
             y_min=0.0, y_max=1.0, increasing=self._risk_increases, out_of_bounds="clip"
         ).fit(s, y01, sample_weight=sw)
         self.isotonic_x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
         self.isotonic_y_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
         self._set_threshold()
-        return self
 
     def _proba1(self, X: Any) -> NDArray[np.float64]:
-        check_is_fitted(self)
-        s = self._column(validate_data(self, X, reset=False, dtype=np.float64))
+        s = self._column(self._check_X(X))
         return np.asarray(np.interp(s, self.isotonic_x_, self.isotonic_y_))
 
     def risk_score(self, X: ArrayLike) -> NDArray[np.float64]:
@@ -139,8 +123,7 @@ class _FeatureRouter(BaseRouter):
         apart, so a threshold on it reaches every escalation rate up to the
         feature's own ties.
         """
-        check_is_fitted(self)
-        s = self._column(validate_data(self, X, reset=False, dtype=np.float64))
+        s = self._column(self._check_X(X))
         return s if self._risk_increases else -s
 
 
@@ -239,31 +222,21 @@ class LogisticRouter(BaseRouter):
         self.miss_cost = miss_cost
         self.threshold = threshold
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(
-        self,
-        X: ArrayLike,
-        y: ArrayLike,
-        groups: ArrayLike | None = None,
-        sample_weight: ArrayLike | None = None,
-    ) -> LogisticRouter:
-        """Fit the logistic regression; ``groups`` is accepted and ignored."""
-        Xv, yv = validate_data(self, X, y, dtype=np.float64)
-        y01 = self._fit_target(yv)
-        sw = _check_sample_weight(sample_weight, Xv)
-        mean, scale = weighted_standardisation(Xv, sw)
+    def _fit(
+        self, X: NDArray[np.float64], y01: NDArray[np.float64], sw: NDArray[np.float64]
+    ) -> None:
+        """Fit the logistic regression on standardised features."""
+        mean, scale = weighted_standardisation(X, sw)
         lr = LogisticRegression(C=float(self.C), max_iter=int(self.max_iter))
-        lr.fit((Xv - mean) / scale, y01, sample_weight=sw)
+        lr.fit((X - mean) / scale, y01, sample_weight=sw)
         u = lr.coef_[0] / scale
         self.coef_ = u.reshape(1, -1)
         self.intercept_ = np.array([float(lr.intercept_[0]) - float(mean @ u)])
         self.n_iter_ = int(np.max(lr.n_iter_))
         self._set_threshold()
-        return self
 
     def _proba1(self, X: Any) -> NDArray[np.float64]:
-        check_is_fitted(self)
-        Xv = validate_data(self, X, reset=False, dtype=np.float64)
+        Xv = self._check_X(X)
         return np.asarray(expit(Xv @ self.coef_[0] + self.intercept_[0]))
 
 
@@ -290,31 +263,20 @@ class RandomRouter(BaseRouter):
         self.rate = rate
         self.random_state = random_state
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(
-        self,
-        X: ArrayLike,
-        y: ArrayLike,
-        groups: ArrayLike | None = None,
-        sample_weight: ArrayLike | None = None,
-    ) -> RandomRouter:
-        """Record the base rate of ``y``; ``groups`` is ignored."""
-        X, y = validate_data(self, X, y, dtype=np.float64)
-        y01 = self._fit_target(y)
-        sw = _check_sample_weight(sample_weight, X)
+    def _fit(
+        self, X: NDArray[np.float64], y01: NDArray[np.float64], sw: NDArray[np.float64]
+    ) -> None:
+        """Record the (weighted) base rate of ``y``."""
         self.base_rate_ = float(np.average(y01, weights=sw))
         self.threshold_ = 1.0 - float(self.rate)
-        return self
 
     def _proba1(self, X: Any) -> NDArray[np.float64]:
-        check_is_fitted(self)
-        Xv = validate_data(self, X, reset=False, dtype=np.float64)
+        Xv = self._check_X(X)
         return np.full(Xv.shape[0], self.base_rate_)
 
     def route(self, X: ArrayLike, threshold: float | None = None) -> NDArray[np.bool_]:
         """Independent escalations with probability ``rate`` (``threshold`` unused)."""
-        check_is_fitted(self)
-        Xv = validate_data(self, X, reset=False, dtype=np.float64)
+        Xv = self._check_X(X)
         rng = check_random_state(self.random_state)
         return rng.random_sample(Xv.shape[0]) < float(self.rate)
 

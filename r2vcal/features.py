@@ -252,24 +252,18 @@ array-like of shape (n,), default=None
             kw["token_logprobs"], kw["lengths"] = values, lengths
         else:
             k = None
-        if "token_entropies" in frame:
+        per_token = {"token_entropies": _ragged_3d, "top_logprobs": _ragged_4d}
+        for col, ragged in per_token.items():
+            if col not in frame:
+                continue
             if "token_logprobs" not in frame:
                 raise ValueError(
-                    "Column 'token_entropies' needs column 'token_logprobs' "
+                    f"Column '{col}' needs column 'token_logprobs' "
                     "(token counts are taken from it)."
                 )
-            ent, ent_len, k_e = _ragged_3d(frame["token_entropies"], "token_entropies")
-            _check_same_lengths(ent_len, kw["lengths"], "token_entropies", k_e, k)
-            kw["token_entropies"] = ent
-        if "top_logprobs" in frame:
-            if "token_logprobs" not in frame:
-                raise ValueError(
-                    "Column 'top_logprobs' needs column 'token_logprobs' "
-                    "(token counts are taken from it)."
-                )
-            top, top_len, k_t = _ragged_4d(frame["top_logprobs"], "top_logprobs")
-            _check_same_lengths(top_len, kw["lengths"], "top_logprobs", k_t, k)
-            kw["top_logprobs"] = top
+            values, col_len, k_col = ragged(frame[col], col)
+            _check_same_lengths(col_len, kw["lengths"], col, k_col, k)
+            kw[col] = values
         if "verifier_scores" in frame:
             kw["verifier_scores"] = _ragged_2d(
                 frame["verifier_scores"], "verifier_scores", numeric=True

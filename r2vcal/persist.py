@@ -205,6 +205,17 @@ _REQUIRED: dict[str, list[tuple[str, ...]]] = {
     "OracleRouter": [("classes_",), ("threshold_",)],
 }
 _REQUIRED["VerifierRouter"] = _REQUIRED["EntropyRouter"]
+#: What reading a damaged ``arrays.npz`` can raise (``NotImplementedError``: e.g.
+#: a header claiming "zip file version 23.5"); each becomes a RouterFileError.
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+)
 _CUSTOM_ATTRIBUTES: dict[str, dict[str, _Attr]] = {}
 _ANY = _spec("number", "int", "array", "arraylist", "strarray")
 
@@ -803,15 +814,7 @@ def _read_arrays(
 ) -> dict[str, np.ndarray]:
     try:
         zf = zipfile.ZipFile(io.BytesIO(blob))
-    except (
-        zipfile.BadZipFile,
-        zlib.error,
-        EOFError,
-        OSError,
-        ValueError,
-        NotImplementedError,  # e.g. a header claiming "zip file version 23.5"
-        RuntimeError,
-    ) as exc:
+    except _ZIP_ERRORS as exc:
         raise RouterFileError(
             npath, "<file>", f"not a readable .npz (zip) archive ({exc})"
         ) from None
@@ -856,15 +859,7 @@ def _read_arrays(
                 arrays[key] = _read_member(zf, info, npath, members[key])
             except RouterFileError:
                 raise
-            except (
-                zipfile.BadZipFile,
-                zlib.error,
-                EOFError,
-                OSError,
-                ValueError,
-                NotImplementedError,
-                RuntimeError,
-            ) as exc:
+            except _ZIP_ERRORS as exc:
                 raise RouterFileError(
                     npath, name, f"unreadable ({type(exc).__name__}: {exc})"
                 ) from None

@@ -37,7 +37,6 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
     _check_sample_weight,
-    check_is_fitted,
     validate_data,
 )
 
@@ -836,11 +835,6 @@ class CVaRBrierRouter(BaseRouter):
         if self.temperature_ != 1.0:
             z *= 1.0 / self.temperature_
         return np.asarray(expit(z, out=z), dtype=np.float64)
-
-    def _check_X(self, X: ArrayLike) -> NDArray[np.float64]:
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        return np.asarray(X, dtype=np.float64)
 
     def _proba1(self, X: ArrayLike) -> NDArray[np.float64]:
         return self._calibrated_proba(self._check_X(X))
