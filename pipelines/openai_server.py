@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["OpenAIServerConfig", "create_app", "main", "make_parser"]
@@ -168,6 +168,104 @@ class _Generator:
         return choices, int(ids.shape[1])
 
 
+def _error(message: str, param: str | None = None) -> Any:
+    """An OpenAI-style 400 answer naming the faulty request field."""
+    from fastapi.responses import JSONResponse
+
+    body = {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": param,
+            "code": None,
+        }
+    }
+    return JSONResponse(body, status_code=400)
+
+
+def _checked_request(raw: bytes, max_n: int) -> tuple[dict[str, Any] | None, Any]:
+    """The request's JSON body, or ``(None, error answer)`` when it is invalid."""
+    import json
+
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None, _error("The request body is not valid JSON.")
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return None, _error("'messages' must be a list.", "messages")
+    n = 1 if body.get("n") is None else body["n"]
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_n:
+        return None, _error(f"'n' must be an int in [1, {max_n}]; got {n!r}.", "n")
+    return body, None
+
+
+@dataclass(frozen=True)
+class _Completion:
+    """One generated answer: its choices and the fields shared by its chunks."""
+
+    choices: list[dict[str, Any]]
+    n_prompt: int
+    model: str
+    want_logprobs: bool
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def usage(self) -> dict[str, int]:
+        """Token counts of the prompt and of all choices."""
+        usage = {
+            "prompt_tokens": self.n_prompt,
+            "completion_tokens": sum(len(c["tokens"]) for c in self.choices),
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return usage
+
+    def document(self) -> dict[str, Any]:
+        """The non-streamed ``chat.completion`` object."""
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": c["text"]},
+                    "logprobs": {"content": c["tokens"]}
+                    if self.want_logprobs
+                    else None,
+                    "finish_reason": c["finish_reason"],
+                }
+                for i, c in enumerate(self.choices)
+            ],
+            "usage": self.usage(),
+        }
+
+    def chunks(self, include_usage: bool) -> Any:
+        """The streamed ``chat.completion.chunk`` objects, one token each."""
+        base = {"id": self.id, "object": "chat.completion.chunk"}
+        base |= {"created": self.created, "model": self.model}
+        for i, c in enumerate(self.choices):
+            first = {"index": i, "delta": {"role": "assistant", "content": ""}}
+            yield {**base, "choices": [first]}
+            for t in c["tokens"]:
+                d: dict[str, Any] = {"index": i, "delta": {"content": t["token"]}}
+                if self.want_logprobs:
+                    d["logprobs"] = {"content": [t]}
+                yield {**base, "choices": [d]}
+            last = {"index": i, "delta": {}, "finish_reason": c["finish_reason"]}
+            yield {**base, "choices": [last]}
+        if include_usage:
+            yield {**base, "choices": [], "usage": self.usage()}
+
+    def sse(self, include_usage: bool) -> Any:
+        """The chunks as server-sent events, ending with ``[DONE]``."""
+        import json
+
+        for e in self.chunks(include_usage):
+            yield f"data: {json.dumps(e)}\n\n"
+        yield "data: [DONE]\n\n"
+
+
 def create_app(
     model: Any,
     tokenizer: Any = None,
@@ -195,8 +293,6 @@ def create_app(
     -------
     fastapi.FastAPI
     """
-    import json
-
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -210,90 +306,20 @@ def create_app(
     gen = _Generator(model, tokenizer, max_tokens, seed)
     app = FastAPI(title="tiny OpenAI-compatible server")
 
-    def error(message: str, param: str | None = None) -> Any:
-        body = {
-            "error": {
-                "message": message,
-                "type": "invalid_request_error",
-                "param": param,
-                "code": None,
-            }
-        }
-        return JSONResponse(body, status_code=400)
-
     async def chat(request: Any) -> Any:
         from starlette.concurrency import run_in_threadpool
 
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return error("The request body is not valid JSON.")
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            return error("'messages' must be a list.", "messages")
-        n = 1 if body.get("n") is None else body["n"]
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_n:
-            return error(f"'n' must be an int in [1, {max_n}]; got {n!r}.", "n")
+        body, failure = _checked_request(await request.body(), max_n)
+        if body is None:
+            return failure
         choices, n_prompt = await run_in_threadpool(gen, body)
-        want_lp = bool(body.get("logprobs"))
-        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-        name = served_model_name
-        usage = {
-            "prompt_tokens": n_prompt,
-            "completion_tokens": sum(len(c["tokens"]) for c in choices),
-        }
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        done = _Completion(
+            choices, n_prompt, served_model_name, bool(body.get("logprobs"))
+        )
         if body.get("stream"):
-
-            def events() -> Any:
-                base = {
-                    "id": cid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                }
-                for i, c in enumerate(choices):
-                    first = {"index": i, "delta": {"role": "assistant", "content": ""}}
-                    yield {**base, "model": name, "choices": [first]}
-                    for t in c["tokens"]:
-                        d: dict[str, Any] = {
-                            "index": i,
-                            "delta": {"content": t["token"]},
-                        }
-                        if want_lp:
-                            d["logprobs"] = {"content": [t]}
-                        yield {**base, "model": name, "choices": [d]}
-                    last = {
-                        "index": i,
-                        "delta": {},
-                        "finish_reason": c["finish_reason"],
-                    }
-                    yield {**base, "model": name, "choices": [last]}
-                if (body.get("stream_options") or {}).get("include_usage"):
-                    yield {**base, "model": name, "choices": [], "usage": usage}
-
-            def sse() -> Any:
-                for e in events():
-                    yield f"data: {json.dumps(e)}\n\n"
-                yield "data: [DONE]\n\n"
-
-            return StreamingResponse(sse(), media_type="text/event-stream")
-        doc = {
-            "id": cid,
-            "object": "chat.completion",
-            "created": created,
-            "model": name,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": c["text"]},
-                    "logprobs": {"content": c["tokens"]} if want_lp else None,
-                    "finish_reason": c["finish_reason"],
-                }
-                for i, c in enumerate(choices)
-            ],
-            "usage": usage,
-        }
-        return JSONResponse(doc)
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(done.sse(usage), media_type="text/event-stream")
+        return JSONResponse(done.document())
 
     app.router.add_route("/v1/chat/completions", chat, methods=["POST"])
 
