@@ -81,38 +81,10 @@ def test_fit_writes_router_and_report(table, tmp_path, capsys):
 
 
 def test_report_on_csv(table, tmp_path):
-    assert (
-        main(
-            [
-                "fit",
-                str(table),
-                "--target",
-                "y_counterfactual",
-                "--groups",
-                "seed",
-                "--n-resamples",
-                "20",
-                "--out",
-                str(tmp_path / "fit"),
-            ]
-        )
-        == 0
-    )
-    code = main(
-        [
-            "report",
-            str(tmp_path / "fit" / "router"),
-            str(table.with_suffix(".csv")),
-            "--target",
-            "y_counterfactual",
-            "--groups",
-            "seed",
-            "--n-resamples",
-            "20",
-            "--out",
-            str(tmp_path / "rep"),
-        ]
-    )
+    opts = ["--target", "y_counterfactual", "--groups", "seed", "--n-resamples", "20"]
+    assert main(["fit", str(table), *opts, "--out", str(tmp_path / "fit")]) == 0
+    router, csv = str(tmp_path / "fit" / "router"), str(table.with_suffix(".csv"))
+    code = main(["report", router, csv, *opts, "--out", str(tmp_path / "rep")])
     assert code == 0
     assert (tmp_path / "rep" / "report.md").is_file()
 

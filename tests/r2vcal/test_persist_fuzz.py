@@ -136,6 +136,15 @@ json_values = st.recursive(
 )
 
 
+def _check_written(doc: dict, blob: bytes) -> None:
+    """Write ``doc`` and ``blob`` as a saved router and :func:`_check` it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "router.json").write_text(json.dumps(doc))
+        (folder / "arrays.npz").write_bytes(blob)
+        _check(folder)
+
+
 def _check(folder: Path) -> None:
     """The property shared by both suites."""
     try:
@@ -183,11 +192,7 @@ def test_mutated_router_json(kind, data):
             parent[key] = data.draw(json_values, label="value")
     if data.draw(st.integers(0, 9), label="resign") > 0:
         doc = _sign(doc, blob)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "router.json").write_text(json.dumps(doc))
-        (folder / "arrays.npz").write_bytes(blob)
-        _check(folder)
+    _check_written(doc, blob)
 
 
 def _random_npy(data: st.DataObject) -> bytes:
@@ -244,8 +249,4 @@ def test_mutated_arrays_npz(kind, data):
         i = data.draw(st.integers(0, len(blob) - 1), label="at")
         blob = blob[:i] + bytes([blob[i] ^ 0xFF]) + blob[i + 1 :]
     doc = _sign(doc, blob)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "router.json").write_text(json.dumps(doc))
-        (folder / "arrays.npz").write_bytes(blob)
-        _check(folder)
+    _check_written(doc, blob)
