@@ -4,7 +4,7 @@
 matplotlib are imported lazily by the code paths that need them.
 """
 
-from r2vcal._version import __version__
+from r2vcal._version import VERSION as _VERSION
 from r2vcal.baselines import (
     EntropyRouter,
     LogisticRouter,
@@ -21,6 +21,9 @@ from r2vcal.router import (
     CVaRBrierRouter,
     NoGroupsWarning,
 )
+
+#: The installed version (``importlib.metadata``; pyproject's in a bare checkout).
+__version__: str = _VERSION
 
 __all__ = [
     "FEATURE_NAMES",

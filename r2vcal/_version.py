@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-__all__ = ["__version__"]
+__all__ = ["SOURCE_VERSION", "VERSION", "__version__"]
 
 #: The version in ``pyproject.toml``, used when r2vcal runs from a source tree
 #: without being installed.
 SOURCE_VERSION = "0.1.0"
 
 try:
-    __version__: str = version("r2vcal")
+    VERSION: str = version("r2vcal")
 except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-    __version__ = SOURCE_VERSION
+    VERSION = SOURCE_VERSION
+__version__ = VERSION
