@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines._cli import config_from_args
+from pipelines._cli import config_from_args, config_parser, run_cli
 from pipelines.prompting import (
     ACTION_CUE,
     HISTORY_CUE,
@@ -270,34 +270,47 @@ def completion_nll(model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -
     return total / max(count, 1)
 
 
+# The config fields offered on the command line.
+_CLI_FIELDS = (
+    "trajectories",
+    "output_dir",
+    "model",
+    "vocab_size",
+    "hidden_size",
+    "n_layers",
+    "n_heads",
+    "max_position_embeddings",
+    "only_successful",
+    "n_turns",
+    "n_actions",
+    "max_goal_chars",
+    "max_obs_chars",
+    "max_steps",
+    "batch_size",
+    "learning_rate",
+    "warmup_ratio",
+    "seed",
+    "max_length",
+    "logging_steps",
+)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    """Command-line parser mirroring :class:`BCConfig`."""
-    p = argparse.ArgumentParser(description="Behavioral cloning with TRL SFTTrainer.")
-    p.add_argument("--trajectories", nargs="+", required=True)
-    p.add_argument("--output-dir", default="runs/bc")
-    p.add_argument("--model", default=None)
-    for name in (
-        "vocab_size",
-        "hidden_size",
-        "n_layers",
-        "n_heads",
-        "max_position_embeddings",
-        "n_turns",
-        "n_actions",
-        "max_goal_chars",
-        "max_obs_chars",
-        "max_steps",
-        "batch_size",
-        "seed",
-        "max_length",
-        "logging_steps",
-    ):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
-    p.add_argument("--learning-rate", type=float, default=None)
-    p.add_argument("--warmup-ratio", type=float, default=None)
-    p.add_argument("--all-episodes", dest="only_successful", action="store_false")
-    return p
+    """Command-line parser derived from :class:`BCConfig`."""
+    return config_parser(
+        BCConfig,
+        "Behavioral cloning with TRL SFTTrainer.",
+        fields=_CLI_FIELDS,
+        overrides={
+            "trajectories": {"required": True},
+            "only_successful": {
+                "flag": "--all-episodes",
+                "help": "Clone every teacher episode, lost ones too "
+                "(sets only_successful to False).",
+            },
+        },
+    )
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(config_from_args(make_parser().parse_args(), BCConfig))))
+    run_cli(make_parser(), BCConfig, main)

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines._cli import config_parser, run_cli
+
 __all__ = ["CheckHumanEvalConfig", "main", "make_parser"]
 
 
@@ -113,23 +115,15 @@ def main(cfg: CheckHumanEvalConfig) -> dict[str, Any]:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """Command-line parser mirroring :class:`CheckHumanEvalConfig`."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-path", default=None)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--n-jobs", type=int, default=2)
-    p.add_argument("--backend", default="loky")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument(
-        "--allow-weak-isolation",
-        action="store_true",
-        help="run without bubblewrap (resource limits and an audit hook only)",
-    )
-    return p
+    """Command-line parser derived from :class:`CheckHumanEvalConfig`."""
+    return config_parser(CheckHumanEvalConfig, __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":
-    args = make_parser().parse_args()
-    result = main(CheckHumanEvalConfig(**vars(args)))
-    print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
+    run_cli(
+        make_parser(),
+        CheckHumanEvalConfig,
+        main,
+        show=lambda r: {k: v for k, v in r.items() if k != "config"},
+        indent=2,
+    )

@@ -57,6 +57,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines._cli import config_parser, parse_config
 from pipelines.envs import perturbed, shared_env
 from pipelines.trajectories import (
     SCHEMA,
@@ -285,28 +286,17 @@ def main(cfg: CollectConfig) -> dict[str, Any]:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """Command-line parser mirroring :class:`CollectConfig`."""
-    p = argparse.ArgumentParser(description="Collect expert trajectories to JSONL.")
-    p.add_argument("--env", default="humaneval")
-    p.add_argument("--out", default="runs/trajectories.jsonl")
-    p.add_argument("--env-kwargs", type=json.loads, default={})
-    p.add_argument("--split", default="train")
-    p.add_argument("--tasks", nargs="*", default=None)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--n-seeds", type=int, default=5)
-    p.add_argument("--families", nargs="*", default=["all"])
-    p.add_argument("--rate", type=float, default=0.2)
-    p.add_argument("--noise-rate", type=float, default=0.0)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--n-jobs", type=int, default=1)
-    p.add_argument("--backend", default="loky")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    return p
+    """Command-line parser derived from :class:`CollectConfig`."""
+    return config_parser(
+        CollectConfig,
+        "Collect expert trajectories to JSONL.",
+        overrides={"tasks": {"nargs": "*"}, "families": {"nargs": "*"}},
+    )
 
 
 def _cli(argv: list[str] | None = None) -> int:
     """``python -m pipelines.collect``: errors about the output are one line."""
-    cfg = CollectConfig(**vars(make_parser().parse_args(argv)))
+    cfg = parse_config(make_parser(), CollectConfig, argv)
     try:
         summary = main(cfg)
     except (OutputLockedError, ValueError) as exc:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines._cli import config_from_args
+from pipelines._cli import config_parser, run_cli
 from pipelines.models import fingerprints
 
 __all__ = [
@@ -128,14 +128,9 @@ def main(cfg: DatasetConfig) -> dict[str, Any]:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """Command-line parser mirroring :class:`DatasetConfig`."""
-    p = argparse.ArgumentParser(description="Build datasets/textworld_r2v.")
-    p.add_argument("--out", default=None)
-    p.add_argument("--ship", default=None)
-    p.add_argument("--n-jobs", type=int, default=None)
-    p.add_argument("--reuse-chain", action="store_true", default=None)
-    return p
+    """Command-line parser derived from :class:`DatasetConfig`."""
+    return config_parser(DatasetConfig, "Build datasets/textworld_r2v.")
 
 
 if __name__ == "__main__":
-    main(config_from_args(make_parser().parse_args(), DatasetConfig))
+    run_cli(make_parser(), DatasetConfig, main, show=None)

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines._cli import config_parser, run_cli
+
 __all__ = ["DemoConfig", "main", "make_parser"]
 
 
@@ -459,26 +461,9 @@ def ship(chain: dict[str, Any], dest: Path) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """Command-line parser mirroring :class:`DemoConfig`."""
-    p = argparse.ArgumentParser(description="The R2V recipe end to end (make demo).")
-    p.add_argument("--out", default=None)
-    p.add_argument("--n-jobs", type=int, default=None)
-    p.add_argument("--dagger-rounds", type=int, default=None)
-    p.add_argument("--n-test-games", type=int, default=None)
-    p.add_argument(
-        "--no-shipped",
-        dest="shipped",
-        action="store_false",
-        default=None,
-        help="closed loop on the chain's own SLM and router table",
-    )
-    p.add_argument("--n-resamples", type=int, default=None)
-    p.add_argument("--ship", default=None)
-    p.add_argument("--reuse-chain", action="store_true", default=None)
-    return p
+    """Command-line parser derived from :class:`DemoConfig`."""
+    return config_parser(DemoConfig, "The R2V recipe end to end (make demo).")
 
 
 if __name__ == "__main__":
-    from pipelines._cli import config_from_args
-
-    main(config_from_args(make_parser().parse_args(), DemoConfig))
+    run_cli(make_parser(), DemoConfig, main, show=None)

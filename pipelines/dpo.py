@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines._cli import config_from_args
+from pipelines._cli import config_parser, run_cli
 from pipelines.prompting import HISTORY_CUE, PROMPT_DEFAULTS, prompt_kwargs_of
 from pipelines.trajectories import build_examples, read_trajectories
 
@@ -475,19 +475,33 @@ def main(cfg: DPOConfigR2V) -> dict[str, Any]:
     return summary
 
 
+# The config fields offered on the command line.
+_CLI_FIELDS = (
+    "slm",
+    "verifier",
+    "trajectories",
+    "output_dir",
+    "beta",
+    "dpo_weight",
+    "consistency_weight",
+    "max_pairs",
+    "k",
+    "max_steps",
+    "batch_size",
+    "learning_rate",
+    "seed",
+)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    """Command-line parser mirroring :class:`DPOConfigR2V`."""
-    p = argparse.ArgumentParser(description="Verifier-guided DPO + BC + consistency.")
-    p.add_argument("--slm", default=None)
-    p.add_argument("--verifier", default=None)
-    p.add_argument("--trajectories", nargs="+", required=True)
-    p.add_argument("--output-dir", default=None)
-    for name in ("beta", "dpo_weight", "consistency_weight", "learning_rate"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=None)
-    for name in ("max_steps", "batch_size", "k", "max_pairs", "seed"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
-    return p
+    """Command-line parser derived from :class:`DPOConfigR2V`."""
+    return config_parser(
+        DPOConfigR2V,
+        "Verifier-guided DPO + BC + consistency.",
+        fields=_CLI_FIELDS,
+        overrides={"trajectories": {"required": True}},
+    )
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(config_from_args(make_parser().parse_args(), DPOConfigR2V))))
+    run_cli(make_parser(), DPOConfigR2V, main)

@@ -61,10 +61,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines._cli import config_from_args
-from pipelines.agent import build_agent
+from pipelines._cli import config_parser, run_cli
+from pipelines.agent import POLICIES, build_agent
 from pipelines.closed_loop import ClosedLoop
 from pipelines.envs import make_env
+from r2vcal.cascade import SELECT_RULES
 
 __all__ = [
     "ClosedLoop",
@@ -1027,31 +1028,36 @@ def write_markdown(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Pat
     return out / "report.md"
 
 
+# The config fields offered on the command line.
+_CLI_FIELDS = (
+    "run",
+    "out",
+    "slm",
+    "verifier",
+    "router_table",
+    "policy",
+    "select",
+    "label",
+    "test_seeds",
+    "n_test_tasks",
+    "rates",
+    "dagger_rounds",
+    "n_resamples",
+)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    """Command-line parser mirroring :class:`EvaluateConfig`."""
-    p = argparse.ArgumentParser(description="Closed-loop evaluation of routers.")
-    p.add_argument("--run", default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--slm", default=None)
-    p.add_argument("--verifier", default=None)
-    p.add_argument("--router-table", default=None)
-    p.add_argument("--label", default=None)
-    p.add_argument("--policy", choices=["score", "generate"], default=None)
-    p.add_argument("--select", choices=["logprob", "verifier"], default=None)
-    p.add_argument("--test-seeds", type=int, nargs="+", default=None)
-    p.add_argument("--n-test-tasks", type=int, default=None)
-    p.add_argument("--rates", type=float, nargs="+", default=None)
-    p.add_argument("--dagger-rounds", type=int, default=None)
-    p.add_argument("--n-resamples", type=int, default=None)
-    return p
+    """Command-line parser derived from :class:`EvaluateConfig`."""
+    return config_parser(
+        EvaluateConfig,
+        "Closed-loop evaluation of routers.",
+        fields=_CLI_FIELDS,
+        overrides={
+            "policy": {"choices": sorted(POLICIES)},
+            "select": {"choices": sorted(SELECT_RULES)},
+        },
+    )
 
 
 if __name__ == "__main__":
-    print(
-        json.dumps(
-            main(config_from_args(make_parser().parse_args(), EvaluateConfig))[
-                "headline"
-            ],
-            indent=2,
-        )
-    )
+    run_cli(make_parser(), EvaluateConfig, main, show=lambda r: r["headline"], indent=2)

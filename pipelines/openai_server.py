@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines._cli import config_parser, run_cli
+
 __all__ = ["OpenAIServerConfig", "create_app", "main", "make_parser"]
 
 
@@ -341,16 +343,8 @@ def create_app(
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """Command-line options (:class:`OpenAIServerConfig`)."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="model directory or id")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--served-model-name", default=None)
-    p.add_argument("--max-tokens", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-n", type=int, default=64, help="largest n (1: llama.cpp)")
-    return p
+    """Command-line parser derived from :class:`OpenAIServerConfig`."""
+    return config_parser(OpenAIServerConfig, __doc__.splitlines()[0])
 
 
 def main(cfg: OpenAIServerConfig) -> None:
@@ -368,4 +362,4 @@ def main(cfg: OpenAIServerConfig) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main(OpenAIServerConfig(**vars(make_parser().parse_args())))
+    run_cli(make_parser(), OpenAIServerConfig, main, show=None)

@@ -47,11 +47,12 @@ from typing import Any
 
 import numpy as np
 
-from pipelines._cli import config_from_args
+from pipelines._cli import config_parser, run_cli
 from pipelines.agent import POLICIES, SLMAgent, agent_decide, build_agent
 from pipelines.envs import make_env, shared_env
 from pipelines.labels import counterfactual_label, label_confusion, verifier_label
 from pipelines.prompting import PROMPT_DEFAULTS, format_prompt, prompt_kwargs_of
+from r2vcal.cascade import SELECT_RULES
 
 __all__ = [
     "POLICIES",
@@ -485,34 +486,46 @@ def main(cfg: RolloutConfig) -> dict[str, Any]:
     return summary
 
 
+# The config fields offered on the command line.
+_CLI_FIELDS = (
+    "slm",
+    "verifier",
+    "out",
+    "env",
+    "env_kwargs",
+    "split",
+    "tasks",
+    "limit",
+    "seeds",
+    "families",
+    "rate",
+    "max_steps",
+    "policy",
+    "select",
+    "k",
+    "temperature",
+    "max_new_tokens",
+    "label_margin",
+    "counterfactual",
+    "n_jobs",
+    "backend",
+)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    """Command-line parser mirroring :class:`RolloutConfig`."""
-    p = argparse.ArgumentParser(description="Roll out the frozen SLM to a table.")
-    p.add_argument("--slm", default=None)
-    p.add_argument("--verifier", default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--env", default=None)
-    p.add_argument("--env-kwargs", type=json.loads, default=None)
-    p.add_argument("--split", default=None)
-    p.add_argument("--tasks", nargs="*", default=None)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--seeds", nargs="+", type=int, default=None)
-    p.add_argument("--families", nargs="*", default=None)
-    p.add_argument("--rate", type=float, default=None)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--policy", choices=sorted(POLICIES), default=None)
-    p.add_argument("--select", choices=["logprob", "verifier"], default=None)
-    p.add_argument("--k", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--label-margin", type=float, default=None)
-    p.add_argument(
-        "--no-counterfactual", dest="counterfactual", action="store_false", default=None
+    """Command-line parser derived from :class:`RolloutConfig`."""
+    return config_parser(
+        RolloutConfig,
+        "Roll out the frozen SLM to a table.",
+        fields=_CLI_FIELDS,
+        overrides={
+            "tasks": {"nargs": "*"},
+            "families": {"nargs": "*"},
+            "policy": {"choices": sorted(POLICIES)},
+            "select": {"choices": sorted(SELECT_RULES)},
+        },
     )
-    p.add_argument("--n-jobs", type=int, default=None)
-    p.add_argument("--backend", default=None)
-    return p
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(config_from_args(make_parser().parse_args(), RolloutConfig))))
+    run_cli(make_parser(), RolloutConfig, main)

@@ -52,9 +52,11 @@ from typing import Any
 
 import numpy as np
 
-from pipelines._cli import config_from_args
+from pipelines._cli import config_parser, run_cli
+from pipelines.agent import POLICIES
 from pipelines.labels import label_confusion
 from pipelines.prompting import PROMPT_DEFAULTS, prompt_kwargs_of
+from r2vcal.cascade import SELECT_RULES
 
 __all__ = ["STAGES", "RunConfig", "Stage", "main", "make_parser", "success_summary"]
 
@@ -648,48 +650,57 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     return summary
 
 
+# The config fields offered on the command line.
+_CLI_FIELDS = (
+    "out",
+    "kind",
+    "settings",
+    "n_train",
+    "n_router",
+    "n_test",
+    "n_train_seeds",
+    "n_router_seeds",
+    "n_test_seeds",
+    "families",
+    "rate",
+    "max_steps",
+    "noise_rate",
+    "collect_max_steps",
+    "bc_steps",
+    "bc_learning_rate",
+    "hidden_size",
+    "n_layers",
+    "verifier_contexts",
+    "dpo",
+    "dpo_steps",
+    "dpo_max_pairs",
+    "dpo_learning_rate",
+    "policy",
+    "select",
+    "k",
+    "temperature",
+    "max_new_tokens",
+    "n_jobs",
+    "torch_threads",
+    "verbose",
+)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    """Command-line parser mirroring :class:`RunConfig`."""
-    p = argparse.ArgumentParser(description="Run the R2V chain at demo scale.")
-    p.add_argument("--out", default=None)
-    for name in (
-        "n_train",
-        "n_router",
-        "n_test",
-        "n_train_seeds",
-        "n_router_seeds",
-        "n_test_seeds",
-        "max_steps",
-        "collect_max_steps",
-        "bc_steps",
-        "hidden_size",
-        "n_layers",
-        "verifier_contexts",
-        "dpo_steps",
-        "dpo_max_pairs",
-        "k",
-        "max_new_tokens",
-        "n_jobs",
-        "torch_threads",
-    ):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
-    for name in (
-        "rate",
-        "noise_rate",
-        "temperature",
-        "bc_learning_rate",
-        "dpo_learning_rate",
-    ):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=None)
-    p.add_argument("--kind", choices=["custom", "simple"], default=None)
-    p.add_argument("--policy", choices=["score", "generate"], default=None)
-    p.add_argument("--select", choices=["logprob", "verifier"], default=None)
-    p.add_argument("--settings", type=json.loads, default=None)
-    p.add_argument("--families", nargs="*", default=None)
-    p.add_argument("--no-dpo", dest="dpo", action="store_false", default=None)
-    p.add_argument("--quiet", dest="verbose", action="store_false", default=None)
-    return p
+    """Command-line parser derived from :class:`RunConfig`."""
+    return config_parser(
+        RunConfig,
+        "Run the R2V chain at demo scale.",
+        fields=_CLI_FIELDS,
+        overrides={
+            "kind": {"choices": ["custom", "simple"]},
+            "policy": {"choices": sorted(POLICIES)},
+            "select": {"choices": sorted(SELECT_RULES)},
+            "families": {"nargs": "*"},
+            "verbose": {"flag": "--quiet"},
+        },
+    )
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(config_from_args(make_parser().parse_args(), RunConfig))))
+    run_cli(make_parser(), RunConfig, main)

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines._cli import config_from_args
+from pipelines._cli import config_parser, run_cli
 from pipelines.prompting import PROMPT_DEFAULTS, prompt_kwargs_of
 from pipelines.trajectories import build_examples, read_trajectories
 from pipelines.verifier_model import ENCODERS, Verifier, load_minilm
@@ -401,24 +401,35 @@ def main(cfg: VerifierConfig) -> dict[str, Any]:
     return summary
 
 
+# The config fields offered on the command line.
+_CLI_FIELDS = (
+    "trajectories",
+    "output_dir",
+    "encoder",
+    "C",
+    "n_negatives",
+    "slm",
+    "slm_k",
+    "slm_max_contexts",
+    "test_fraction",
+    "refit_full",
+    "seed",
+)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    """Command-line parser mirroring :class:`VerifierConfig`."""
-    p = argparse.ArgumentParser(description="Train the process verifier V(x, a).")
-    p.add_argument("--trajectories", nargs="+", required=True)
-    p.add_argument("--output-dir", default=None)
-    p.add_argument("--encoder", choices=sorted(ENCODERS), default=None)
-    p.add_argument("--C", type=float, default=None)
-    p.add_argument("--n-negatives", type=int, default=None)
-    p.add_argument("--slm", default=None)
-    p.add_argument("--slm-k", type=int, default=None)
-    p.add_argument("--slm-max-contexts", type=int, default=None)
-    p.add_argument("--test-fraction", type=float, default=None)
-    p.add_argument("--no-refit", dest="refit_full", action="store_false", default=None)
-    p.add_argument("--seed", type=int, default=None)
-    return p
+    """Command-line parser derived from :class:`VerifierConfig`."""
+    return config_parser(
+        VerifierConfig,
+        "Train the process verifier V(x, a).",
+        fields=_CLI_FIELDS,
+        overrides={
+            "trajectories": {"required": True},
+            "encoder": {"choices": sorted(ENCODERS)},
+            "refit_full": {"flag": "--no-refit"},
+        },
+    )
 
 
 if __name__ == "__main__":
-    print(
-        json.dumps(main(config_from_args(make_parser().parse_args(), VerifierConfig)))
-    )
+    run_cli(make_parser(), VerifierConfig, main)

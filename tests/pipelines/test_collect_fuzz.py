@@ -27,8 +27,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pipelines.envs import SHARED_ENVS, env_key
 from pipelines.collect import CollectConfig, OutputLockedError, load_records, main
+from pipelines.envs import SHARED_ENVS, env_key
 from pipelines.envs.base import base_info
 
 TASKS = [f"t{i}" for i in range(4)]
