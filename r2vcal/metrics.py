@@ -829,14 +829,7 @@ def bootstrap_ci(
 
     def evaluate(idx: NDArray[np.intp] | None) -> float:
         args = arrs if idx is None else [a[idx] for a in arrs]
-        value = metric(*args)
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{caller}: metric must return a real number; got {value!r}."
-            ) from None
-        return out
+        return _real(metric(*args), caller)
 
     method = check_choice(method, "method", frozenset({"percentile", "bc"}), caller)
     nan_policy = check_choice(
@@ -850,10 +843,28 @@ def bootstrap_ci(
     stats = np.array(
         [evaluate(idx) for idx in _resamples(rng, n, n_resamples, groups, strata)]
     )
+    stats = _finite_stats(stats, nan_policy, caller)
+    low, high = _percentile_interval(stats, estimate, confidence_level, method)
+    return BootstrapCI(estimate=estimate, low=float(low), high=float(high))
+
+
+def _real(value: Any, caller: str) -> float:
+    """A metric's value as a float, or a ValueError saying what came."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{caller}: metric must return a real number; got {value!r}."
+        ) from None
+
+
+def _finite_stats(stats: FloatArray, nan_policy: str, caller: str) -> FloatArray:
+    """The resampled values without NaN/inf (``nan_policy="omit"``, at most
+    half of them dropped), or a ValueError."""
+    n_resamples = stats.shape[0]
     bad = ~np.isfinite(stats)
     if nan_policy == "omit" and bad.sum() <= n_resamples // 2:
-        stats = stats[~bad]
-        bad = np.zeros(stats.shape[0], dtype=bool)
+        return stats[~bad]
     if bad.any():
         raise ValueError(
             f"{caller}: metric returned a non-finite value on {int(bad.sum())} of "
@@ -861,8 +872,7 @@ def bootstrap_ci(
             "metric defined on every resample or a cluster bootstrap with more "
             "groups."
         )
-    low, high = _percentile_interval(stats, estimate, confidence_level, method)
-    return BootstrapCI(estimate=estimate, low=float(low), high=float(high))
+    return stats
 
 
 def _same_length_arrays(arrays: tuple[Any, ...], caller: str) -> list[NDArray[Any]]:

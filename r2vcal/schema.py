@@ -237,6 +237,54 @@ def _missing_error(missing: list[str], present: Sequence[str], what: str) -> str
     return msg + (" " + "; ".join(hints) if hints else "")
 
 
+def _check_columns(
+    df: pd.DataFrame, feats: tuple[str, ...], require_labels: bool
+) -> None:
+    """Unique column names; identifier, feature (and label/outcome) columns."""
+    present = [str(c) for c in df.columns]
+    dup = sorted({c for c in present if present.count(c) > 1})
+    if dup:
+        raise ValueError(f"The table has duplicated column name(s) {dup}.")
+    missing = [c for c in ID_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(_missing_error(missing, present, "identifier"))
+    missing = [c for c in feats if c not in df.columns]
+    if missing:
+        raise ValueError(_missing_error(missing, present, "feature"))
+    if require_labels:
+        if not any(c in df.columns for c in LABEL_COLUMNS):
+            raise ValueError(
+                "The table must have at least one label column among "
+                f"{list(LABEL_COLUMNS)} (int8 in {{0, 1}}). Got none of them; "
+                "pass require_labels=False for unlabelled tables."
+            )
+        missing = [c for c in OUTCOME_COLUMNS if c not in df.columns]
+        if missing:
+            raise ValueError(_missing_error(missing, present, "outcome"))
+
+
+def _check_step_keys(df: pd.DataFrame, out: pd.DataFrame) -> None:
+    """``0 <= step < horizon`` and unique ``(episode_id, step)`` pairs."""
+    step = out["step"].to_numpy()
+    horizon = out["horizon"].to_numpy()
+    bad = (step < 0) | (horizon < 1) | (step >= horizon)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            "Columns 'step' and 'horizon' must satisfy 0 <= step < horizon and "
+            f"horizon >= 1. Got step {step[i]} with horizon {horizon[i]} at row "
+            f"{df.index[i]!r} instead."
+        )
+    dup_keys = out.duplicated(subset=["episode_id", "step"]).to_numpy()
+    if dup_keys.any():
+        i = int(np.flatnonzero(dup_keys)[0])
+        raise ValueError(
+            "The pairs ('episode_id', 'step') must be unique. Got a repeated pair "
+            f"({out['episode_id'].iloc[i]!r}, {step[i]}) at row {df.index[i]!r} "
+            "instead."
+        )
+
+
 def validate_table(
     df: pd.DataFrame,
     *,
@@ -293,26 +341,7 @@ def validate_table(
             f"{type(df).__name__} instead."
         )
     feats = FEATURE_COLUMNS if feature_columns is None else tuple(feature_columns)
-    present = [str(c) for c in df.columns]
-    dup = sorted({c for c in present if present.count(c) > 1})
-    if dup:
-        raise ValueError(f"The table has duplicated column name(s) {dup}.")
-    missing = [c for c in ID_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(_missing_error(missing, present, "identifier"))
-    missing = [c for c in feats if c not in df.columns]
-    if missing:
-        raise ValueError(_missing_error(missing, present, "feature"))
-    if require_labels:
-        if not any(c in df.columns for c in LABEL_COLUMNS):
-            raise ValueError(
-                "The table must have at least one label column among "
-                f"{list(LABEL_COLUMNS)} (int8 in {{0, 1}}). Got none of them; "
-                "pass require_labels=False for unlabelled tables."
-            )
-        missing = [c for c in OUTCOME_COLUMNS if c not in df.columns]
-        if missing:
-            raise ValueError(_missing_error(missing, present, "outcome"))
+    _check_columns(df, feats, require_labels)
     if len(df) == 0:
         raise ValueError("The table must have at least one row. Got 0 rows instead.")
 
@@ -321,24 +350,7 @@ def validate_table(
         out[col] = _check_str(df, col)
     for col in ("seed", "step", "horizon"):
         out[col] = _check_int(df, col)
-    step = out["step"].to_numpy()
-    horizon = out["horizon"].to_numpy()
-    bad = (step < 0) | (horizon < 1) | (step >= horizon)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            "Columns 'step' and 'horizon' must satisfy 0 <= step < horizon and "
-            f"horizon >= 1. Got step {step[i]} with horizon {horizon[i]} at row "
-            f"{df.index[i]!r} instead."
-        )
-    dup_keys = out.duplicated(subset=["episode_id", "step"]).to_numpy()
-    if dup_keys.any():
-        i = int(np.flatnonzero(dup_keys)[0])
-        raise ValueError(
-            "The pairs ('episode_id', 'step') must be unique. Got a repeated pair "
-            f"({out['episode_id'].iloc[i]!r}, {step[i]}) at row {df.index[i]!r} "
-            "instead."
-        )
+    _check_step_keys(df, out)
     for col in feats:
         out[col] = _check_float(df, col)
     for col in LABEL_COLUMNS:
