@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines._cli import config_parser, run_cli
+from r2vcal._render import CSS, Doc
 
 __all__ = ["DemoConfig", "main", "make_parser"]
 
@@ -222,31 +223,18 @@ def _agreement(episodes_csv: Path, setup: dict[str, Any]) -> dict[str, Any]:
 
 def _fmt(x: Any) -> str:
     if isinstance(x, float):
-        return f"{x:.3f}"
+        return "—" if x != x else f"{x:.3f}"  # NaN: never reached
     return "—" if x is None else str(x)
 
 
-_STYLE = (
-    "<style>body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto}"
-    "table.headline{border-collapse:collapse;margin:1em 0}"
-    "table.headline td,table.headline th{border:1px solid #ccc;padding:.3em .7em;"
-    "text-align:right}table.headline td:first-child{text-align:left}"
-    "table.headline tr.hl{background:#eef6ee}</style>"
-)
+# The headline table's CVaR-Brier row stands out.
+_CSS = CSS + "tr.hl td{background:#e3f2e3;font-weight:600}"
 
 
-def _headline_table(csv: Path, ev: dict[str, Any]) -> str:
-    """Per arm: success and LLM-call share with 95 % CIs (games resampled).
-
-    Each router's row is its cheapest arm reaching the teacher's success
-    (within the tolerance), else its most successful arm, marked "never".
-    """
+def _headline_rows(res: Any, target: float) -> list[dict[str, str]]:
+    """Per router: its cheapest arm reaching ``target`` success, else its best."""
     import pandas as pd
 
-    if not csv.is_file():
-        return ""
-    res = pd.read_csv(csv)
-    target = float(ev["headline"]["target_success"])
     rows = []
     for name, grp in res.groupby("router", sort=False):
         ok = grp[grp["success"] >= target - 1e-12]
@@ -256,12 +244,43 @@ def _headline_table(csv: Path, ev: dict[str, Any]) -> str:
             r, note = grp.loc[grp["success"].idxmax()], "never"
         rate = r["threshold_rate"]
         rows.append(
-            f"<tr class='{'hl' if name == 'cvar_brier' else ''}'><td>{name}</td>"
-            f"<td>{'—' if pd.isna(rate) else f'{rate:.2f}'}</td>"
-            f"<td>{r['success']:.3f} [{r['success_low']:.3f}, {r['success_high']:.3f}]"
-            f"</td><td>{r['llm_share']:.3f} [{r['llm_share_low']:.3f}, "
-            f"{r['llm_share_high']:.3f}]</td><td>{note}</td></tr>"
+            {
+                "arm": str(name),
+                "target rate": "—" if pd.isna(rate) else f"{rate:.2f}",
+                "success [95 % CI]": f"{r['success']:.3f} "
+                f"[{r['success_low']:.3f}, {r['success_high']:.3f}]",
+                "LLM-call share [95 % CI]": f"{r['llm_share']:.3f} "
+                f"[{r['llm_share_low']:.3f}, {r['llm_share_high']:.3f}]",
+                f"reaches teacher ({target:.3f})?": note,
+            }
         )
+    return rows
+
+
+def _table_html(rows: list[dict[str, str]], highlight: str) -> str:
+    """An HTML table of ``rows``, the row whose arm is ``highlight`` marked."""
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+    body = [
+        f"<tr class='{'hl' if r['arm'] == highlight else ''}'>"
+        + "".join(f"<td>{html.escape(v)}</td>" for v in r.values())
+        + "</tr>"
+        for r in rows
+    ]
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _headline_table(doc: Doc, csv: Path, ev: dict[str, Any]) -> Doc:
+    """Per arm: success and LLM-call share with 95 % CIs (games resampled).
+
+    Each router's row is its cheapest arm reaching the teacher's success
+    (within the tolerance), else its most successful arm, marked "never".
+    Nothing is added when the closed-loop table ``csv`` is missing.
+    """
+    import pandas as pd
+
+    if not csv.is_file():
+        return doc
+    rows = _headline_rows(pd.read_csv(csv), float(ev["headline"]["target_success"]))
     ratios = ev["headline"].get("ratios", {})
 
     def ci(key: str) -> str:
@@ -270,69 +289,60 @@ def _headline_table(csv: Path, ev: dict[str, Any]) -> str:
             return "—"
         return f"{_fmt(d['estimate'])} [{_fmt(d['low'])}, {_fmt(d['high'])}]"
 
-    return (
-        "<h2>Headline: closed loop on held-out games × held-out seeds</h2>"
-        "<table class='headline'><tr><th>arm</th><th>target rate</th>"
-        "<th>success [95 % CI]</th><th>LLM-call share [95 % CI]</th>"
-        f"<th>reaches teacher ({target:.3f})?</th></tr>"
-        + "".join(rows)
-        + "</table><p>CVaR-Brier ÷ entropy share at the teacher's success: "
-        f"<b>{ci('cvar_over_entropy')}</b> (paper: ≤ 0.5); ÷ best single-feature "
-        f"baseline: <b>{ci('cvar_over_best')}</b>. CIs resample whole games.</p>"
+    marked = [
+        {**r, "arm": f"**{r['arm']}**"} if r["arm"] == "cvar_brier" else r for r in rows
+    ]
+    doc.heading("Headline: closed loop on held-out games × held-out seeds")
+    doc.html_block(
+        _table_html(rows, "cvar_brier"),
+        markdown=pd.DataFrame(marked).to_markdown(index=False),
+    )
+    return doc.para(
+        "CVaR-Brier ÷ entropy share at the teacher's success: "
+        f"**{ci('cvar_over_entropy')}** (paper: ≤ 0.5); ÷ best single-feature "
+        f"baseline: **{ci('cvar_over_best')}**. CIs resample whole games."
     )
 
 
-def _index(out: Path, summary: dict[str, Any]) -> None:
-    chain = summary["chain"]
-    ev = summary["evaluate"]
-    h = ev["headline"]
-    shipped = summary.get("shipped_table")
-    lines = [
-        "# r2vcal demo: the R2V recipe on TextWorld, end to end",
-        "",
-        f"Total wall time {summary['seconds']['total']:.0f} s "
-        + "("
-        + ", ".join(
-            f"{k} {v:.0f} s" for k, v in summary["seconds"].items() if k != "total"
-        )
-        + ").",
-        "",
-        "## Chain",
-        "",
-        "Stage wall times (s): "
-        + ", ".join(f"{k} {_fmt(v)}" for k, v in chain.get("seconds", {}).items()),
-        "",
-    ]
+def _chain_bullets(chain: dict[str, Any]) -> list[str]:
+    """Test success of the BC SLM, the BC+DPO SLM and the teacher."""
     names = {"bc": "BC SLM", "bc_dpo": "BC+DPO SLM", "teacher": "teacher"}
+    lines = []
     for key, name in names.items():
         v = (chain.get("success") or {}).get(key)
         if isinstance(v, dict):
             ci = v.get("ci") or v.get("ci_episodes") or [None, None]
             lines.append(
-                f"- {name}: success {_fmt(v['rate'])} [{_fmt(ci[0])}, {_fmt(ci[1])}] "
+                f"{name}: success {_fmt(v['rate'])} [{_fmt(ci[0])}, {_fmt(ci[1])}] "
                 f"on {v['n_episodes']} test episodes ({v['n_games']} games)"
             )
-    lines += [
-        "",
-        "## Closed loop (held-out games × held-out perturbation seeds)",
-        "",
-        f"- teacher-only success {_fmt(h['teacher_only_success'])}; SLM-only "
+    return lines
+
+
+def _closed_loop_bullets(
+    ev: dict[str, Any], shipped: dict[str, Any] | None
+) -> list[str]:
+    """The closed loop's key numbers, its setup and the shipped table."""
+    h = ev["headline"]
+    best = h["at_entropy_best"]
+    lines = [
+        f"teacher-only success {_fmt(h['teacher_only_success'])}; SLM-only "
         f"{_fmt(h['slm_only_success'])}",
-        "- LLM-call share to reach the teacher's success (within 2 points): "
+        "LLM-call share to reach the teacher's success (within 2 points): "
         + ", ".join(f"{k} {_fmt(v)}" for k, v in h["share_at_target"].items()),
-        f"- CVaR-Brier ÷ entropy router share: {_fmt(h['cvar_over_entropy_share'])} "
+        f"CVaR-Brier ÷ entropy router share: {_fmt(h['cvar_over_entropy_share'])} "
         "(paper's claim: ≤ 0.5)",
-        f"- at the entropy router's best success ({_fmt(h['at_entropy_best']['success'])})"
+        f"at the entropy router's best success ({_fmt(best['success'])})"
         ": LLM-call share "
-        + ", ".join(f"{k} {_fmt(v)}" for k, v in h["at_entropy_best"]["share"].items())
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in best["share"].items())
         + "; CVaR-Brier ÷ entropy "
-        + _fmt(h["at_entropy_best"]["cvar_over_entropy_share"]),
+        + _fmt(best["cvar_over_entropy_share"]),
     ]
     setup = ev.get("setup")
     if setup:
         same = all(setup["identical_to_shipped"].values())
         lines.append(
-            "- closed-loop SLM: the chain's BC model "
+            "closed-loop SLM: the chain's BC model "
             + (
                 "(byte-identical to the shipped table's SLM and verifier)"
                 if same
@@ -346,46 +356,84 @@ def _index(out: Path, summary: dict[str, Any]) -> None:
     if "mixed" in ev:
         m = ev["mixed"]
         lines.append(
-            f"- mixed trajectories: ECE {_fmt(m['before']['ece'])} → "
+            f"mixed trajectories: ECE {_fmt(m['before']['ece'])} → "
             f"{_fmt(m['after']['ece'])}, worst-seed Brier "
             f"{_fmt(m['before']['worst_seed_brier'])} → "
             f"{_fmt(m['after']['worst_seed_brier'])} after retraining"
         )
-    lines += [
-        "",
-        "- shipped table datasets/textworld_r2v: "
+    lines.append(
+        "shipped table datasets/textworld_r2v: "
         + (
             f"{shipped['train_rows']} router steps, {shipped['train_positives']} "
             f"positives of {shipped['label']}; offline report in shipped/"
             if shipped
             else "not found (make dataset-textworld)"
-        ),
-        "",
-        "![closed-loop frontier](evaluate/frontier.png)",
-        "",
-        "Details: [closed loop](evaluate/report.md), "
-        "[offline router report](offline/report.md), "
-        "[chain summary](chain/run_summary.json).",
+        )
+    )
+    return lines
+
+
+def _links(out: Path) -> tuple[str, str]:
+    """Links to the detailed reports that exist: (HTML, Markdown)."""
+    pages = [
+        ("closed loop", "evaluate/report"),
+        ("offline router report", "offline/report"),
+        ("shipped table report", "shipped/report"),
     ]
-    text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
-    items = [html.escape(x[2:]) for x in lines if x.startswith("- ")]
-    page = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>r2vcal demo</title>",
-        _STYLE,
-        "</head><body><h1>r2vcal demo: the R2V recipe on TextWorld</h1>",
-        _headline_table(out / "evaluate" / "closed_loop.csv", ev),
-        f"<p>{html.escape(lines[2])}</p><ul>",
-        *[f"<li>{x}</li>" for x in items],
-        "</ul><img src='evaluate/frontier.png' alt='frontier'>",
-        "<img src='evaluate/mixed_reliability.png' alt='mixed reliability'>",
-        "<img src='offline/reliability.png' alt='reliability'>",
-        "<p><a href='evaluate/report.html'>closed loop</a> · "
-        "<a href='offline/report.html'>offline router report</a> · "
-        "<a href='shipped/report.html'>shipped table report</a></p>",
-        "</body></html>",
-    ]
-    (out / "report.html").write_text("\n".join(page))
+    pages = [(t, p) for t, p in pages if (out / f"{p}.html").is_file()]
+    page = " · ".join(f"<a href='{p}.html'>{html.escape(t)}</a>" for t, p in pages)
+    md = ", ".join(f"[{t}]({p}.md)" for t, p in pages)
+    md += ", " if md else ""
+    return (
+        f"<p>{page} · <a href='chain/run_summary.json'>chain summary</a></p>",
+        f"Details: {md}[chain summary](chain/run_summary.json).",
+    )
+
+
+def report_doc(out: Path, summary: dict[str, Any]) -> Doc:
+    """The demo's index page as one :class:`r2vcal._render.Doc`.
+
+    It opens with the headline table (per arm: success and LLM-call share
+    with CIs, the CVaR-Brier row highlighted), then the chain's and the closed
+    loop's numbers, the figures that exist and links to the detailed reports.
+
+    Parameters
+    ----------
+    out : Path
+        The demo folder.
+    summary : dict
+        The demo summary (``demo_summary.json``).
+
+    Returns
+    -------
+    Doc
+        Written by :func:`main` to ``report.md`` and ``report.html``.
+    """
+    chain, ev = summary["chain"], summary["evaluate"]
+    doc = Doc("r2vcal demo: the R2V recipe on TextWorld, end to end", css=_CSS)
+    _headline_table(doc, out / "evaluate" / "closed_loop.csv", ev)
+    seconds = summary["seconds"]
+    doc.para(
+        f"Total wall time {seconds['total']:.0f} s ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total")
+        + ")."
+    )
+    doc.heading("Chain")
+    doc.para(
+        "Stage wall times (s): "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in chain.get("seconds", {}).items())
+    )
+    doc.bullets(_chain_bullets(chain))
+    doc.heading("Closed loop (held-out games × held-out perturbation seeds)")
+    doc.bullets(_closed_loop_bullets(ev, summary.get("shipped_table")))
+    for src, alt in [
+        ("evaluate/frontier.png", "closed-loop frontier"),
+        ("evaluate/mixed_reliability.png", "mixed reliability"),
+        ("offline/reliability.png", "offline reliability"),
+    ]:
+        if (out / src).is_file():  # mixed_reliability.png needs dagger_rounds > 0
+            doc.image(src, alt)
+    return doc.html_block(*_links(out))
 
 
 def main(cfg: DemoConfig) -> dict[str, Any]:
@@ -443,7 +491,7 @@ def main(cfg: DemoConfig) -> dict[str, Any]:
         "evaluate": ev,
     }
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    _index(out, summary)
+    report_doc(out, summary).write(out)
     if cfg.ship:
         ship(chain, Path(cfg.ship))
     print(f"report: {out / 'report.html'}")

@@ -49,7 +49,6 @@ original router in the loop on the test tasks), labelled the same way.
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import time
 from collections.abc import Callable
@@ -65,6 +64,7 @@ from pipelines._cli import config_parser, run_cli
 from pipelines.agent import POLICIES, build_agent
 from pipelines.closed_loop import ClosedLoop
 from pipelines.envs import make_env
+from r2vcal._render import Doc
 from r2vcal.cascade import SELECT_RULES
 
 __all__ = [
@@ -949,83 +949,99 @@ def _low_budget_lines(res: pd.DataFrame) -> list[str]:
     return lines
 
 
+_ARM_COLUMNS = [
+    "router",
+    "threshold_rate",
+    "success",
+    "success_low",
+    "success_high",
+    "llm_share",
+    "cost",
+    "worst_seed_success",
+    "cvar_seed_failure",
+    "deployable",
+]
+
+
+def headline_bullets(h: dict[str, Any]) -> list[str]:
+    """The headline's key numbers, one sentence each (shared with the demo page).
+
+    Parameters
+    ----------
+    h : dict
+        ``summary["headline"]`` of :func:`main`.
+
+    Returns
+    -------
+    list of str
+        Teacher/SLM-only success, the LLM-call share each router needs to reach
+        the teacher's success, and the shares at the entropy router's best.
+    """
+    best = h["at_entropy_best"]
+    return [
+        f"teacher-only success {_fmt(h['teacher_only_success'])}, "
+        f"SLM-only {_fmt(h['slm_only_success'])}",
+        f"LLM-call share needed to reach {_fmt(h['target_success'])} success: "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in h["share_at_target"].items()),
+        "CVaR-Brier ÷ entropy share at that success: "
+        f"{_fmt(h['cvar_over_entropy_share'])} (goal ≤ 0.5)",
+        f"at the entropy router's best success ({_fmt(best['success'])}): "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in best["share"].items())
+        + "; CVaR-Brier ÷ entropy "
+        + _fmt(best["cvar_over_entropy_share"]),
+    ]
+
+
+def report_doc(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Doc:
+    """The closed-loop report as one :class:`r2vcal._render.Doc`.
+
+    Parameters
+    ----------
+    out : Path
+        The evaluation folder (images are shown only when they exist there).
+    res : DataFrame
+        Per-arm results (``closed_loop.csv``).
+    summary : dict
+        The evaluation summary (``summary.json``).
+
+    Returns
+    -------
+    Doc
+        Rendered by :func:`write_markdown` to ``report.md`` and ``report.html``.
+    """
+    h = summary["headline"]
+    doc = Doc("Closed-loop evaluation")
+    doc.para(
+        f"Held-out tasks: {len(summary['tasks'])}; perturbation seeds: "
+        f"{summary['seeds']}. Escalated steps are re-executed by the teacher; "
+        f"success is the environment's. Routers fitted on label "
+        f"`{summary['label']}` (router-table rates: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in summary["label_rates"].items())
+        + ")."
+    )
+    lines = [*headline_bullets(h), *_ratio_lines(h), *_low_budget_lines(res)]
+    doc.bullets(x.removeprefix("- ") for x in lines)
+    _image_if_exists(doc, out, "frontier.png", "frontier")
+    doc.heading("Arms (95% CI, cluster bootstrap over tasks)")
+    doc.table(res[_ARM_COLUMNS], floatfmt=".3f", index=False)
+    if "mixed" in summary:
+        m = summary["mixed"]
+        doc.heading("Mixed trajectories (router in the loop, held-out tasks)")
+        mixed = pd.DataFrame({"before": m["before"], "after": m["after"]}).T
+        doc.table(mixed, floatfmt=".4f")
+        _image_if_exists(doc, out, "mixed_reliability.png", "mixed reliability")
+    return doc
+
+
+def _image_if_exists(doc: Doc, folder: Path, src: str, alt: str) -> Doc:
+    """Add the image ``folder/src`` to ``doc`` when the file exists."""
+    return doc.image(src, alt) if (Path(folder) / src).is_file() else doc
+
+
 def write_markdown(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Path:
     """``report.md`` and ``report.html`` of the closed-loop results."""
-    h = summary["headline"]
-    lines = [
-        "# Closed-loop evaluation",
-        "",
-        f"Held-out tasks: {len(summary['tasks'])}; perturbation seeds: {summary['seeds']}. "
-        "Escalated steps are re-executed by the teacher; success is the environment's. "
-        f"Routers fitted on label `{summary['label']}` (router-table rates: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in summary["label_rates"].items())
-        + ").",
-        "",
-        f"- teacher-only success {_fmt(h['teacher_only_success'])}, "
-        f"SLM-only {_fmt(h['slm_only_success'])}",
-        f"- LLM-call share needed to reach {_fmt(h['target_success'])} success: "
-        + ", ".join(f"{k} {_fmt(v)}" for k, v in h["share_at_target"].items()),
-        f"- CVaR-Brier ÷ entropy share at that success: {_fmt(h['cvar_over_entropy_share'])}"
-        " (goal ≤ 0.5)",
-        f"- at the entropy router's best success ({_fmt(h['at_entropy_best']['success'])}): "
-        + ", ".join(f"{k} {_fmt(v)}" for k, v in h["at_entropy_best"]["share"].items())
-        + "; CVaR-Brier ÷ entropy "
-        + _fmt(h["at_entropy_best"]["cvar_over_entropy_share"]),
-        *_ratio_lines(h),
-        *_low_budget_lines(res),
-        "",
-        "![frontier](frontier.png)",
-        "",
-        "## Arms (95% CI, cluster bootstrap over tasks)",
-        "",
-    ]
-    cols = [
-        "router",
-        "threshold_rate",
-        "success",
-        "success_low",
-        "success_high",
-        "llm_share",
-        "cost",
-        "worst_seed_success",
-        "cvar_seed_failure",
-        "deployable",
-    ]
-    lines.append(res[cols].to_markdown(index=False, floatfmt=".3f"))
-    if "mixed" in summary:
-        m = summary["mixed"]
-        lines += [
-            "",
-            "## Mixed trajectories (router in the loop, held-out tasks)",
-            "",
-            pd.DataFrame({"before": m["before"], "after": m["after"]}).T.to_markdown(
-                floatfmt=".4f"
-            ),
-            "",
-            "![mixed reliability](mixed_reliability.png)",
-        ]
-    text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
-    page = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        "<title>Closed-loop evaluation</title></head><body>",
-        "<h1>Closed-loop evaluation</h1><ul>",
-        *[f"<li>{html.escape(x[2:])}</li>" for x in lines if x.startswith("- ")],
-        "</ul><img src='frontier.png' alt='frontier'>",
-        "<h2>Arms (95% CI, cluster bootstrap over tasks)</h2>",
-        res[cols].round(3).to_html(index=False),
-    ]
-    if "mixed" in summary:
-        m = summary["mixed"]
-        page += [
-            "<h2>Mixed trajectories (router in the loop, held-out tasks)</h2>",
-            pd.DataFrame({"before": m["before"], "after": m["after"]})
-            .T.round(4)
-            .to_html(),
-            "<img src='mixed_reliability.png' alt='mixed reliability'>",
-        ]
-    (out / "report.html").write_text("\n".join([*page, "</body></html>"]))
-    return out / "report.md"
+    md, _ = report_doc(out, res, summary).write(out)
+    return md
 
 
 # The config fields offered on the command line.
