@@ -8,29 +8,13 @@ The SLM is trained on the teacher's steps of :mod:`pipelines.collect` records
 (``r2vcal.trajectory/v1``), in TRL's *prompt-completion* format: the loss is
 only on the completion (the action, followed by the EOS token TRL appends).
 
-Prompt template (:func:`format_prompt`), shared by every later step
-(:mod:`pipelines.verifier`, :mod:`pipelines.rollout`, :mod:`pipelines.dpo`) so
-that the SLM is always queried as it was trained::
-
-    <initial observation: goal + first room, at most ``max_goal_chars``>
-    Done: <action 1>; <action 2>; ...; <action t-h-1>
-    > <action t-h>
-    <observation t-h, at most ``max_obs_chars``>
-    ...
-    > <action t-1>
-    <observation t-1>
-    Action:
-
-and the completion is ``" <action t>"``. The last ``n_turns`` turns are shown
-in full (``h = n_turns``); the agent's own earlier actions (at most the last
-``n_actions``) are listed on the ``Done:`` line, so that the SLM can tell how
-far along the goal it is without the long observations. Runs of spaces and
-blank lines are collapsed (TextWorld pads its status bar with spaces), and
-with ``drop_prompt_lines`` the lines an observation starts with ``">"`` (the
-TextWorld command prompt and status bar) are dropped. The goal comes from the
-(possibly perturbed) first observation, so the SLM sees what the environment
-showed, never the true state. No admissible-command list is shown: the SLM
-has to name the action itself.
+The prompt is :mod:`pipelines.prompting`'s template (:func:`format_prompt`,
+re-exported here), shared by every later step (:mod:`pipelines.verifier`,
+:mod:`pipelines.rollout`, :mod:`pipelines.dpo`) so that the SLM is always
+queried as it was trained; the completion is ``" <action t>"``. The goal comes
+from the (possibly perturbed) first observation, so the SLM sees what the
+environment showed, never the true state. No admissible-command list is shown:
+the SLM has to name the action itself.
 
 When ``model`` is ``None`` a tiny Llama is built from a config with a BPE
 tokenizer trained on the prompts and actions

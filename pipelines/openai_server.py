@@ -29,7 +29,13 @@ from typing import Any
 
 from pipelines._cli import config_parser, run_cli
 
-__all__ = ["OpenAIServerConfig", "create_app", "main", "make_parser"]
+__all__ = [
+    "OpenAIServerConfig",
+    "create_app",
+    "main",
+    "make_parser",
+    "render_prompt",
+]
 
 
 @dataclass
@@ -62,7 +68,23 @@ class OpenAIServerConfig:
     max_n: int = 64
 
 
-def _render_prompt(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> str:
+def render_prompt(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> str:
+    """The prompt the server generates from.
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+        Its chat template is used when it has one.
+    messages : sequence of dict
+        OpenAI chat messages (``role``, ``content`` as text or parts).
+
+    Returns
+    -------
+    str
+        The chat template's text, else one ``role: content`` line per message
+        followed by ``assistant:``.
+    """
+
     def text(content: Any) -> str:
         if isinstance(content, list):
             return " ".join(
@@ -110,7 +132,7 @@ class _Generator:
         stop = body.get("stop") or []
         stop = [stop] if isinstance(stop, str) else list(stop)
         seed = int(body["seed"]) if body.get("seed") is not None else self.seed
-        ids = tok(_render_prompt(tok, body["messages"]), return_tensors="pt")[
+        ids = tok(render_prompt(tok, body["messages"]), return_tensors="pt")[
             "input_ids"
         ]
         ids = ids[:, -(self.model.config.max_position_embeddings - max_new) :]

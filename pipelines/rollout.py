@@ -60,6 +60,8 @@ __all__ = [
     "SLMAgent",
     "agent_decide",
     "build_agent",
+    "cached_agent",
+    "cached_env",
     "label_confusion",
     "main",
     "make_parser",
@@ -73,7 +75,20 @@ _AGENTS: dict[tuple[Any, ...], Any] = {}
 _ENVS: dict[str, Any] = {}
 
 
-def _get_agent(cfg: dict[str, Any]) -> Any:
+def cached_agent(cfg: dict[str, Any]) -> Any:
+    """The agent of a rollout config dict, memoised (the last one per process).
+
+    Parameters
+    ----------
+    cfg : dict
+        ``asdict(RolloutConfig)``: its ``slm``, ``verifier``, ``policy``,
+        ``select``, ``k``, ``temperature``, ``max_new_tokens`` and
+        ``sample_seed`` select the agent (:func:`pipelines.agent.build_agent`).
+
+    Returns
+    -------
+    SLMAgent or ScoringAgent
+    """
     key = (
         cfg["slm"],
         cfg["verifier"],
@@ -99,7 +114,7 @@ def _get_agent(cfg: dict[str, Any]) -> Any:
     return _AGENTS[key]
 
 
-def _make_env(cfg: dict[str, Any]) -> Any:
+def cached_env(cfg: dict[str, Any]) -> Any:
     """The perturbed environment of ``cfg``, memoised (one per process and setting).
 
     Counterfactual branches replay prefixes that earlier episodes played:
@@ -234,8 +249,8 @@ def rollout_episode(cfg: dict[str, Any], task: str, seed: int) -> list[dict[str,
         import torch
 
         torch.set_num_threads(1)
-    agent = _get_agent(cfg)
-    env = _make_env(cfg)
+    agent = cached_agent(cfg)
+    env = cached_env(cfg)
     pk = prompt_kwargs_of(cfg)
     slm_success, steps = play_episode(
         env, agent, task, seed, record=True, prompt_kwargs=pk

@@ -71,6 +71,7 @@ __all__ = [
     "SandboxUnavailableError",
     "Workspace",
     "isolation_capabilities",
+    "pid_alive",
     "sweep_stale_dirs",
 ]
 
@@ -260,7 +261,8 @@ def isolation_capabilities() -> dict[str, str]:
 
 
 # ------------------------------------------------------------ temp directories
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -295,7 +297,7 @@ def sweep_stale_dirs(tmpdir: str | os.PathLike[str] | None = None) -> list[str]:
         return removed
     for entry in entries:
         m = _DIR_RE.match(entry.name)
-        if m is None or _pid_alive(int(m.group(1))):
+        if m is None or pid_alive(int(m.group(1))):
             continue
         path = Path(entry.path)
         if path.is_symlink() or not path.is_dir():

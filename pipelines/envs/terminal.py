@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.envs.base import base_info
-from pipelines.sandbox import Sandbox, Workspace
+from pipelines.sandbox import Sandbox, Workspace, pid_alive
 
 __all__ = [
     "BASE_IMAGE",
@@ -329,16 +329,6 @@ def _task_image(task: TerminalTask) -> str:
     return tag
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_containers() -> list[str]:
     """Remove task containers whose owner process is gone (killed outright).
 
@@ -364,7 +354,7 @@ def sweep_containers() -> list[str]:
     removed = []
     for line in proc.stdout.decode().splitlines():
         name, _, owner = line.partition(" ")
-        if owner.isdigit() and not _pid_alive(int(owner)):
+        if owner.isdigit() and not pid_alive(int(owner)):
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 _docker("rm", "-f", name, timeout=60)
             removed.append(name)

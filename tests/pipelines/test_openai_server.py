@@ -13,9 +13,9 @@ from starlette.testclient import TestClient
 
 from pipelines.openai_server import (
     OpenAIServerConfig,
-    _render_prompt,
     create_app,
     make_parser,
+    render_prompt,
 )
 
 CORPUS = ["go north", "take the key from the box", "open the door"]
@@ -46,7 +46,7 @@ def test_n_candidates_with_true_logprobs(client, tiny):
     doc = r.json()
     assert r.status_code == 200 and doc["model"] == "tiny"
     assert [c["index"] for c in doc["choices"]] == [0, 1, 2]
-    prompt = tok(_render_prompt(tok, MESSAGES), return_tensors="pt")["input_ids"]
+    prompt = tok(render_prompt(tok, MESSAGES), return_tensors="pt")["input_ids"]
     assert doc["usage"]["prompt_tokens"] == prompt.shape[1]
     for c in doc["choices"]:
         toks = c["logprobs"]["content"]

@@ -246,11 +246,11 @@ def test_entropy_is_the_same_locally_and_behind_a_server(tiny_lm) -> None:
     pytest.importorskip("fastapi")
     from starlette.testclient import TestClient
 
-    from pipelines.openai_server import _render_prompt, create_app
-    from r2vcal.serve import _choice_logprobs
+    from pipelines.openai_server import create_app, render_prompt
+    from r2vcal.serve.openai import choice_logprobs
 
     model, tok = tiny_lm
-    prompt = _render_prompt(tok, [{"role": "user", "content": "go"}])
+    prompt = render_prompt(tok, [{"role": "user", "content": "go"}])
     local = TransformersPolicy(
         model, tok, max_new_tokens=5, temperature=0, stop=None
     ).propose(prompt, k=1)[0]
@@ -283,7 +283,7 @@ def test_entropy_is_the_same_locally_and_behind_a_server(tiny_lm) -> None:
     np.testing.assert_allclose(
         served.token_entropies[:n], local.token_entropies[:n], atol=1e-4
     )
-    _, proxy_entropies = _choice_logprobs(choice)  # what `r2vcal serve` computes
+    _, proxy_entropies = choice_logprobs(choice)  # what `r2vcal serve` computes
     np.testing.assert_allclose(
         proxy_entropies[:n], local.token_entropies[:n], atol=1e-4
     )

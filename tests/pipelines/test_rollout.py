@@ -62,7 +62,7 @@ def test_table_contract_and_labels(rolled, record_property) -> None:
 
 def test_counterfactual_branch_replays(rolled) -> None:
     """Re-running a branch gives the same outcome (deterministic replay)."""
-    from pipelines.rollout import _get_agent, _make_env, play_episode
+    from pipelines.rollout import cached_agent, cached_env, play_episode
 
     cfg, _ = rolled
     from dataclasses import asdict
@@ -70,7 +70,7 @@ def test_counterfactual_branch_replays(rolled) -> None:
     d = asdict(cfg)
     df = pd.read_parquet(cfg.out)
     ep = df[df["seed"] == 1000].sort_values("step")
-    agent, env = _get_agent(d), _make_env(d)
+    agent, env = cached_agent(d), cached_env(d)
     pk = prompt_kwargs_of(d)
     ok, steps = play_episode(
         env, agent, ep["task_id"].iloc[0], 1000, record=True, prompt_kwargs=pk

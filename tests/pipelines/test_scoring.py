@@ -90,7 +90,7 @@ def test_rollout_with_the_scoring_agent(tmp_path_factory) -> None:
     import pandas as pd
     from _tw_chain import ENV_KWARGS, FAMILIES, RATE, bc_model, verifier
 
-    from pipelines.rollout import RolloutConfig, _make_env, main, play_episode
+    from pipelines.rollout import RolloutConfig, cached_env, main, play_episode
     from pipelines.scoring import ScoringAgent
     from r2vcal.schema import validate_table
 
@@ -114,7 +114,7 @@ def test_rollout_with_the_scoring_agent(tmp_path_factory) -> None:
     table = validate_table(pd.read_parquet(out))
     assert len(table) >= 1
     agent = ScoringAgent(slm, ver, k=3)
-    env = _make_env(
+    env = cached_env(
         {"env": "textworld", "env_kwargs": ENV_KWARGS, "families": FAMILIES}
         | {"rate": RATE, "max_steps": 8}
     )
