@@ -33,7 +33,7 @@ from typing import Any
 from pipelines._cli import config_parser, run_cli
 from r2vcal._render import CSS, Doc
 
-__all__ = ["DemoConfig", "main", "make_parser"]
+__all__ = ["DemoConfig", "main", "make_parser", "report_doc"]
 
 
 @dataclass

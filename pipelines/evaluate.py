@@ -75,7 +75,9 @@ __all__ = [
     "headline_ratios",
     "main",
     "make_parser",
+    "report_doc",
     "resolve_label",
+    "write_markdown",
 ]
 
 _DEFAULT_RATES = (0.1, 0.2, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -963,8 +965,8 @@ _ARM_COLUMNS = [
 ]
 
 
-def headline_bullets(h: dict[str, Any]) -> list[str]:
-    """The headline's key numbers, one sentence each (shared with the demo page).
+def _headline_bullets(h: dict[str, Any]) -> list[str]:
+    """The headline's key numbers, one sentence each.
 
     Parameters
     ----------
@@ -1019,7 +1021,7 @@ def report_doc(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Doc:
         + ", ".join(f"{k} {v:.3f}" for k, v in summary["label_rates"].items())
         + ")."
     )
-    lines = [*headline_bullets(h), *_ratio_lines(h), *_low_budget_lines(res)]
+    lines = [*_headline_bullets(h), *_ratio_lines(h), *_low_budget_lines(res)]
     doc.bullets(x.removeprefix("- ") for x in lines)
     _image_if_exists(doc, out, "frontier.png", "frontier")
     doc.heading("Arms (95% CI, cluster bootstrap over tasks)")
