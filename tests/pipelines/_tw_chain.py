@@ -105,3 +105,21 @@ def verifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def summary(path: Path, name: str) -> dict:
     """Read a step's JSON summary."""
     return json.loads((path / name).read_text())
+
+
+def rollout_config(slm: Path | str, verifier: Path | str, out: Path | str, **kw):
+    """A short rollout of the tiny chain's SLM on the test game (seeds 1000, 1001)."""
+    from pipelines.rollout import RolloutConfig
+
+    base = {
+        "env_kwargs": ENV_KWARGS,
+        "split": "test",
+        "seeds": [1000, 1001],
+        "families": FAMILIES,
+        "rate": RATE,
+        "k": 3,
+        "backend": None,
+    }
+    return RolloutConfig(
+        slm=str(slm), verifier=str(verifier), out=str(out), **base | kw
+    )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import pytest
+from _helpers import sandbox_or_skip
 
 from pipelines.envs import Env, make_env
 from pipelines.envs.humaneval import (
@@ -29,15 +29,7 @@ _NO_EXEC = {
 
 @pytest.fixture(autouse=True)
 def _sandbox_or_skip(request) -> None:
-    if request.node.originalname in _NO_EXEC or shutil.which("bwrap") is not None:
-        return
-    msg = (
-        "bubblewrap (`bwrap`) is not installed and the sandbox refuses to run "
-        "untrusted code without it (apt-get install bubblewrap)"
-    )
-    if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
+    sandbox_or_skip(request, _NO_EXEC)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from _tw_chain import ENV_KWARGS, FAMILIES, RATE, trajectories, verifier
+from _tw_chain import rollout_config, trajectories, verifier
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,6 @@ def test_chain_twice_byte_for_byte(tmp_path_factory) -> None:
     pytest.importorskip("trl")
     from pipelines.bc import BCConfig
     from pipelines.bc import main as bc
-    from pipelines.rollout import RolloutConfig
     from pipelines.rollout import main as rollout
 
     traj = trajectories(tmp_path_factory)
@@ -45,20 +44,8 @@ def test_chain_twice_byte_for_byte(tmp_path_factory) -> None:
         for policy in ("score", "generate"):
             out = root / run / f"{policy}.parquet"
             rollout(
-                RolloutConfig(
-                    slm=str(slm),
-                    verifier=ver,
-                    out=str(out),
-                    env_kwargs=ENV_KWARGS,
-                    split="test",
-                    seeds=[1000, 1001],
-                    families=FAMILIES,
-                    rate=RATE,
-                    max_steps=6,
-                    k=3,
-                    max_new_tokens=6,
-                    policy=policy,
-                    backend=None,
+                rollout_config(
+                    slm, ver, out, max_steps=6, max_new_tokens=6, policy=policy
                 )
             )
             tables.append(_digest(out))

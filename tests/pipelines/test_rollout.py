@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from _tw_chain import ENV_KWARGS, FAMILIES, RATE, bc_model, verifier
+from _tw_chain import bc_model, rollout_config, verifier
 
 from pipelines.bc import prompt_kwargs_of
 from pipelines.rollout import RolloutConfig, main, make_parser
@@ -16,19 +16,12 @@ from r2vcal.schema import validate_table
 @pytest.fixture(scope="module")
 def rolled(tmp_path_factory):
     out = tmp_path_factory.mktemp("rollout") / "test.parquet"
-    cfg = RolloutConfig(
-        slm=str(bc_model(tmp_path_factory)),
-        verifier=str(verifier(tmp_path_factory)),
-        out=str(out),
-        env_kwargs=ENV_KWARGS,
-        split="test",
-        seeds=[1000, 1001],
-        families=FAMILIES,
-        rate=RATE,
+    cfg = rollout_config(
+        bc_model(tmp_path_factory),
+        verifier(tmp_path_factory),
+        out,
         max_steps=10,
-        k=3,
         max_new_tokens=8,
-        backend=None,
     )
     return cfg, main(cfg)
 

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from _helpers import require_bwrap
 
 import pipelines
 from pipelines.sandbox import Sandbox, SandboxResult, isolation_capabilities
@@ -30,16 +31,10 @@ REPO = Path(pipelines.__file__).resolve().parents[1]
 
 
 def _bwrap_or_skip() -> None:
-    """Skip without bubblewrap, except in CI (which installs it): fail there."""
-    if shutil.which("bwrap") is not None:
-        return
-    msg = (
+    require_bwrap(
         "bubblewrap (`bwrap`) is not installed: the attack rows need the real "
         "sandbox (apt-get install bubblewrap; .ci/run installs it)"
     )
-    if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
 
 
 @pytest.fixture
