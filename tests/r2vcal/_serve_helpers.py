@@ -10,8 +10,10 @@ A test module uses the fixtures by importing them::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -159,3 +161,21 @@ def start_proxy(router: Any, ups: Any, **kw: Any) -> tuple[Any, Any]:
 
     app = make_app(router, ups, **kw)
     return app, run_in_thread(app)
+
+
+@contextlib.contextmanager
+def tiny_upstreams(corpus: list[str]) -> Iterator[tuple[str, str]]:
+    """Two tiny transformers models learnt on ``corpus``, served by
+    ``pipelines.openai_server`` from threads: yields the SLM's and the LLM's
+    base URLs (``.../v1``, models ``tiny-slm`` and ``tiny-llm``)."""
+    from pipelines.models import build_tiny_causal_lm
+    from pipelines.openai_server import create_app
+    from r2vcal.serve import run_in_thread
+
+    small = build_tiny_causal_lm(corpus, seed=0)
+    large = build_tiny_causal_lm(corpus, seed=1, hidden_size=96)
+    with (
+        run_in_thread(create_app(*small, served_model_name="tiny-slm")) as s,
+        run_in_thread(create_app(*large, served_model_name="tiny-llm")) as l_,
+    ):
+        yield s.url + "/v1", l_.url + "/v1"

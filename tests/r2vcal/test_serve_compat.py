@@ -110,12 +110,10 @@ def _check(log, *, escalations=True):
     return rows
 
 
-@pytest.mark.parametrize("api", ["chat", "responses"])
-def test_openai_agents_sdk(proxy, api):
-    agents = pytest.importorskip("agents")
+def _weather_agent(agents, url, api):
+    """An OpenAI Agents SDK agent with the weather tool, on the proxy at ``url``."""
     from openai import AsyncOpenAI
 
-    url, log, _, llm = proxy
     agents.set_tracing_disabled(True)
     client = AsyncOpenAI(base_url=url, api_key="unused", max_retries=0)
     model_cls = (
@@ -130,12 +128,20 @@ def test_openai_agents_sdk(proxy, api):
         """The weather in a city."""
         return weather(city)
 
-    agent = agents.Agent(
+    return agents.Agent(
         name="weather",
         instructions="Answer with the weather tool.",
         tools=[get_weather],
         model=model_cls(model="r2vcal", openai_client=client),
     )
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_openai_agents_sdk(proxy, api):
+    agents = pytest.importorskip("agents")
+
+    url, log, _, llm = proxy
+    agent = _weather_agent(agents, url, api)
     for _ in range(2):
         result = agents.Runner.run_sync(agent, TASK)
         assert "sunny" in result.final_output
@@ -205,29 +211,8 @@ def test_openai_agents_sdk_streamed(proxy, api):
     agents = pytest.importorskip("agents")
     import asyncio
 
-    from openai import AsyncOpenAI
-
     url, log, _, llm = proxy
-    agents.set_tracing_disabled(True)
-    client = AsyncOpenAI(base_url=url, api_key="unused", max_retries=0)
-    model_cls = (
-        agents.OpenAIChatCompletionsModel
-        if api == "chat"
-        else agents.OpenAIResponsesModel
-    )
-    weather = Weather()
-
-    @agents.function_tool
-    def get_weather(city: str) -> str:
-        """The weather in a city."""
-        return weather(city)
-
-    agent = agents.Agent(
-        name="weather",
-        instructions="Answer with the weather tool.",
-        tools=[get_weather],
-        model=model_cls(model="r2vcal", openai_client=client),
-    )
+    agent = _weather_agent(agents, url, api)
 
     async def run() -> list[str]:
         out = []
@@ -249,17 +234,8 @@ def test_openai_agents_sdk_streamed(proxy, api):
 @pytest.fixture(scope="module")
 def real(router):
     pytest.importorskip("transformers")
-    from pipelines.models import build_tiny_causal_lm
-    from pipelines.openai_server import create_app as upstream_app
-
-    corpus = ["go north", "open the door", "it is sunny"]
-    small = build_tiny_causal_lm(corpus, seed=0)
-    large = build_tiny_causal_lm(corpus, seed=1, hidden_size=96)
-    with (
-        run_in_thread(upstream_app(*small, served_model_name="tiny-slm")) as s,
-        run_in_thread(upstream_app(*large, served_model_name="tiny-llm")) as l_,
-    ):
-        yield s.url + "/v1", l_.url + "/v1"
+    with helpers.tiny_upstreams(["go north", "open the door", "it is sunny"]) as urls:
+        yield urls
 
 
 @pytest.fixture

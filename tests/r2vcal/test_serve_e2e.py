@@ -13,8 +13,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import pandas as pd
 import pytest
 
 pytest.importorskip("fastapi")
@@ -24,9 +22,8 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from r2vcal import save_router  # noqa: E402
-from r2vcal.baselines import EntropyRouter  # noqa: E402
-from r2vcal.features import FEATURE_NAMES  # noqa: E402
 from r2vcal.serve import run_in_thread  # noqa: E402
+from tests.r2vcal._serve_helpers import tiny_upstreams, tool_error_router  # noqa: E402
 
 CORPUS = [
     "go north",
@@ -40,25 +37,14 @@ K = 4
 
 @pytest.fixture(scope="module")
 def upstreams(tmp_path_factory):
-    from pipelines.models import build_tiny_causal_lm
-    from pipelines.openai_server import create_app
-
-    small = build_tiny_causal_lm(CORPUS, seed=0)
-    large = build_tiny_causal_lm(CORPUS, seed=1, hidden_size=96)
-    with (
-        run_in_thread(create_app(*small, served_model_name="tiny-slm")) as s,
-        run_in_thread(create_app(*large, served_model_name="tiny-llm")) as l_,
-    ):
-        yield s.url + "/v1", l_.url + "/v1"
+    with tiny_upstreams(CORPUS) as urls:
+        yield urls
 
 
 @pytest.fixture(scope="module")
 def router_dir(tmp_path_factory):
     """A saved router that escalates the steps after a failed tool call."""
-    rng = np.random.default_rng(0)
-    X = pd.DataFrame(rng.uniform(size=(300, len(FEATURE_NAMES))), columns=FEATURE_NAMES)
-    X["tool_error"] = rng.integers(0, 2, len(X)).astype(float)
-    router = EntropyRouter("tool_error").fit(X, X["tool_error"] > 0.5)
+    router = tool_error_router()
     return save_router(router, tmp_path_factory.mktemp("router") / "router")
 
 
