@@ -300,6 +300,51 @@ def main(cfg: VerifierConfig) -> dict[str, Any]:
         ``auroc_without_slm_negatives``: a head fitted on the plan labels
         only, scored on the same candidates); ``seconds``, ``path``.
     """
+    _check(cfg)
+    start = time.perf_counter()
+    rows, n_plan = _labelled_rows(cfg)
+    groups, test_groups = _held_out_groups(rows, cfg.test_fraction, cfg.seed)
+    is_test = np.array([g in test_groups for g in groups])
+    is_slm = np.array([r["source"] == "slm" for r in rows])
+    y = np.array([r["label"] for r in rows])
+    prompts = [r["prompt"] for r in rows]
+    actions = [r["action"] for r in rows]
+    ver = Verifier(cfg.encoder, C=cfg.C)
+    tr = np.flatnonzero(~is_test)
+    te = np.flatnonzero(is_test)
+    ver.fit([prompts[i] for i in tr], [actions[i] for i in tr], y[tr])
+    p = ver.score([prompts[i] for i in te], [actions[i] for i in te])
+    held = _held_out_metrics(y[te], p, groups[te], cfg.n_bins, cfg.seed)
+    summary: dict[str, Any] = {
+        "n_pairs": len(rows),
+        "n_plan_pairs": n_plan,
+        "n_slm_pairs": int(is_slm.sum()),
+        "positive_rate": float(y.mean()),
+        "n_test_pairs": len(te),
+        "test_groups": sorted(test_groups),
+        **{k: v for k, v in held.items() if k not in ("n", "positive_rate")},
+    }
+    te_slm = np.flatnonzero(is_test & is_slm)
+    if len(te_slm):
+        summary["slm_candidates"] = _slm_candidate_metrics(
+            cfg, rows, groups, ~is_test & ~is_slm, te_slm, p[np.isin(te, te_slm)]
+        )
+    if cfg.refit_full:
+        ver.fit(prompts, actions, y)
+    path = ver.save(cfg.output_dir)
+    summary.update(
+        seconds=round(time.perf_counter() - start, 2),
+        path=str(path),
+        config=asdict(cfg),
+    )
+    (Path(cfg.output_dir) / "verifier_summary.json").write_text(
+        json.dumps(summary, indent=2)
+    )
+    return summary
+
+
+def _check(cfg: VerifierConfig) -> None:
+    """Refuse an unknown encoder, a bad test fraction or a missing SLM."""
     if cfg.encoder not in ENCODERS:
         raise ValueError(
             "The 'encoder' parameter of VerifierConfig must be a str among "
@@ -312,7 +357,13 @@ def main(cfg: VerifierConfig) -> dict[str, Any]:
             f"VerifierConfig.slm = {cfg.slm!r} does not exist; train it first "
             "(python -m pipelines.bc) or leave slm=None."
         )
-    start = time.perf_counter()
+
+
+def _labelled_rows(cfg: VerifierConfig) -> tuple[list[dict[str, Any]], int]:
+    """The plan-labelled steps, then the SLM's labelled candidates (with ``slm``).
+
+    Returns the rows and how many of them (the first ones) are plan labels.
+    """
     records = read_trajectories(cfg.trajectories)
     pk = prompt_kwargs_of(cfg)
     rows = build_step_labels(records, n_negatives=cfg.n_negatives, seed=cfg.seed, **pk)
@@ -337,68 +388,57 @@ def main(cfg: VerifierConfig) -> dict[str, Any]:
             seed=cfg.seed,
             **pk,
         )
-    # Hold out whole tasks (whole seeds when there is a single task).
+    return rows, n_plan
+
+
+def _held_out_groups(
+    rows: list[dict[str, Any]], test_fraction: float, seed: int
+) -> tuple[np.ndarray, set[str]]:
+    """Each row's group and the held-out groups.
+
+    Whole tasks are held out (whole seeds when there is a single task).
+    """
     groups = np.array([r["task"] for r in rows])
     if len(set(groups)) < 2:
         groups = np.array([f"{r['task']}|{r['seed']}" for r in rows])
     uniq = np.unique(groups)
     if len(uniq) < 2:
         raise ValueError("need at least two tasks or seeds to hold some out.")
-    rng = np.random.default_rng(cfg.seed)
-    n_test = min(len(uniq) - 1, max(1, round(cfg.test_fraction * len(uniq))))
-    test_groups = set(rng.choice(uniq, n_test, replace=False).tolist())
-    is_test = np.array([g in test_groups for g in groups])
-    is_slm = np.array([r["source"] == "slm" for r in rows])
+    rng = np.random.default_rng(seed)
+    n_test = min(len(uniq) - 1, max(1, round(test_fraction * len(uniq))))
+    return groups, set(rng.choice(uniq, n_test, replace=False).tolist())
+
+
+def _slm_candidate_metrics(
+    cfg: VerifierConfig,
+    rows: list[dict[str, Any]],
+    groups: np.ndarray,
+    train_plan: np.ndarray,
+    te_slm: np.ndarray,
+    p_slm: np.ndarray,
+) -> dict[str, Any]:
+    """Held-out figures on the SLM's candidates.
+
+    The same figures of a head fitted on the plan labels only come with them
+    (``*_without_slm_negatives``: what the SLM negatives add).
+    """
     y = np.array([r["label"] for r in rows])
     prompts = [r["prompt"] for r in rows]
     actions = [r["action"] for r in rows]
-    ver = Verifier(cfg.encoder, C=cfg.C)
-    tr = np.flatnonzero(~is_test)
-    te = np.flatnonzero(is_test)
-    ver.fit([prompts[i] for i in tr], [actions[i] for i in tr], y[tr])
-    p = ver.score([prompts[i] for i in te], [actions[i] for i in te])
-    held = _held_out_metrics(y[te], p, groups[te], cfg.n_bins, cfg.seed)
-    summary: dict[str, Any] = {
-        "n_pairs": len(rows),
-        "n_plan_pairs": n_plan,
-        "n_slm_pairs": int(is_slm.sum()),
-        "positive_rate": float(y.mean()),
-        "n_test_pairs": len(te),
-        "test_groups": sorted(test_groups),
-        **{k: v for k, v in held.items() if k not in ("n", "positive_rate")},
-    }
-    te_slm = np.flatnonzero(is_test & is_slm)
-    if len(te_slm):
-        p_slm = p[np.isin(te, te_slm)]
-        sub = _held_out_metrics(y[te_slm], p_slm, groups[te_slm], cfg.n_bins, cfg.seed)
-        sub.update(_pick_accuracy([rows[i] for i in te_slm], p_slm))
-        tr_plan = np.flatnonzero(~is_test & ~is_slm)
-        base = Verifier(cfg.encoder, C=cfg.C)
-        base.fit(
-            [prompts[i] for i in tr_plan], [actions[i] for i in tr_plan], y[tr_plan]
-        )
-        p_base = base.score([prompts[i] for i in te_slm], [actions[i] for i in te_slm])
-        base_m = _held_out_metrics(
-            y[te_slm], p_base, groups[te_slm], cfg.n_bins, cfg.seed
-        )
-        sub["auroc_without_slm_negatives"] = base_m.get("auroc", float("nan"))
-        sub["ece_without_slm_negatives"] = base_m["ece"]
-        sub["top1_is_teacher_without_slm_negatives"] = _pick_accuracy(
-            [rows[i] for i in te_slm], p_base
-        )["top1_is_teacher"]
-        summary["slm_candidates"] = sub
-    if cfg.refit_full:
-        ver.fit(prompts, actions, y)
-    path = ver.save(cfg.output_dir)
-    summary.update(
-        seconds=round(time.perf_counter() - start, 2),
-        path=str(path),
-        config=asdict(cfg),
-    )
-    (Path(cfg.output_dir) / "verifier_summary.json").write_text(
-        json.dumps(summary, indent=2)
-    )
-    return summary
+    picked = [rows[i] for i in te_slm]
+    sub = _held_out_metrics(y[te_slm], p_slm, groups[te_slm], cfg.n_bins, cfg.seed)
+    sub.update(_pick_accuracy(picked, p_slm))
+    tr_plan = np.flatnonzero(train_plan)
+    base = Verifier(cfg.encoder, C=cfg.C)
+    base.fit([prompts[i] for i in tr_plan], [actions[i] for i in tr_plan], y[tr_plan])
+    p_base = base.score([prompts[i] for i in te_slm], [actions[i] for i in te_slm])
+    base_m = _held_out_metrics(y[te_slm], p_base, groups[te_slm], cfg.n_bins, cfg.seed)
+    sub["auroc_without_slm_negatives"] = base_m.get("auroc", float("nan"))
+    sub["ece_without_slm_negatives"] = base_m["ece"]
+    sub["top1_is_teacher_without_slm_negatives"] = _pick_accuracy(picked, p_base)[
+        "top1_is_teacher"
+    ]
+    return sub
 
 
 # The config fields offered on the command line.
