@@ -116,37 +116,17 @@ def load_mmlu_pro_cascade(
     0.254
     """
     _check_flags("load_mmlu_pro_cascade", as_frame, return_X_y, return_groups)
-    folder = get_data_home(data_home) / _MMLU_DIR
-    path = folder / _MMLU_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"The mmlu_pro_cascade table was not found at {path}. Set R2VCAL_DATA "
-            "(or data_home) to the folder holding 'mmlu_pro_cascade/', or rebuild "
-            "it with 'python datasets/mmlu_pro_cascade/build.py'."
-        )
-    frame = pd.read_parquet(path)
+    rebuild = "python datasets/mmlu_pro_cascade/build.py"
+    frame, descr = _read_shipped(_MMLU_DIR, _MMLU_FILE, rebuild, data_home)
     missing = [c for c in _MMLU_NON_FEATURES if c not in frame.columns]
     if missing:
+        path = get_data_home(data_home) / _MMLU_DIR / _MMLU_FILE
         raise ValueError(
             f"The table at {path} is missing column(s) {missing}; rebuild it with "
-            "'python datasets/mmlu_pro_cascade/build.py'."
+            f"'{rebuild}'."
         )
     feature_names = [c for c in frame.columns if c not in _MMLU_NON_FEATURES]
-    sheet = folder / "DATASHEET.md"
-    descr = sheet.read_text(encoding="utf-8") if sheet.is_file() else ""
-
-    return _bunch(
-        frame,
-        feature_names,
-        target="y",
-        group="category",
-        slm="slm_correct",
-        llm="llm_correct",
-        descr=descr,
-        as_frame=as_frame,
-        return_X_y=return_X_y,
-        return_groups=return_groups,
-    )
+    return _mmlu_bunch(frame, feature_names, descr, as_frame, return_X_y, return_groups)
 
 
 _AGREE_DIR = "mmlu_pro_agreement"
@@ -203,9 +183,23 @@ def load_mmlu_pro_agreement(
         "python datasets/mmlu_pro_agreement/build.py",
         data_home,
     )
+    return _mmlu_bunch(
+        frame, list(_AGREE_FEATURES), descr, as_frame, return_X_y, return_groups
+    )
+
+
+def _mmlu_bunch(
+    frame: pd.DataFrame,
+    feature_names: list[str],
+    descr: str,
+    as_frame: bool,
+    return_X_y: bool,
+    return_groups: bool,
+) -> Any:
+    """:func:`_bunch` of an MMLU-Pro table (target ``y``, groups = categories)."""
     return _bunch(
         frame,
-        list(_AGREE_FEATURES),
+        feature_names,
         target="y",
         group="category",
         slm="slm_correct",
