@@ -387,61 +387,15 @@ def main(cfg: DPOConfigR2V) -> dict[str, Any]:
     """
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig
 
-    from pipelines.agent import SLMAgent
-
-    if not cfg.trajectories:
-        raise ValueError("DPOConfigR2V.trajectories must list at least one file.")
-    if cfg.dpo_weight < 0 or cfg.consistency_weight < 0:
-        raise ValueError(
-            "dpo_weight and consistency_weight must be >= 0; got "
-            f"{cfg.dpo_weight!r} and {cfg.consistency_weight!r}."
-        )
+    _check(cfg)
     start = time.perf_counter()
-    examples = build_examples(
-        read_trajectories(cfg.trajectories), **prompt_kwargs_of(cfg)
-    )
-    rng = np.random.default_rng(cfg.seed)
-    if cfg.max_pairs is not None and len(examples) > cfg.max_pairs:
-        keep = rng.choice(len(examples), cfg.max_pairs, replace=False)
-        examples = [examples[i] for i in sorted(keep)]
-    agent = SLMAgent(
-        cfg.slm,
-        cfg.verifier,
-        k=cfg.k,
-        temperature=cfg.temperature,
-        max_new_tokens=cfg.max_new_tokens,
-        seed=cfg.seed,
-    )
-    pairs = build_preference_pairs(
-        examples, agent, prefer_teacher=cfg.prefer_teacher, progress=cfg.progress
-    )
-    if not pairs:
-        raise ValueError("no preference pairs: every candidate equals the teacher.")
-    cons = build_consistency_pairs(examples, seed=cfg.view_seed, rate=cfg.view_rate)
+    pairs, cons = _training_pairs(cfg)
     model = AutoModelForCausalLM.from_pretrained(cfg.slm)
     tok = AutoTokenizer.from_pretrained(cfg.slm)
     jsd_before = jsd_on_pairs(model, tok, cons)
     model.train()
-    args = DPOConfig(
-        output_dir=cfg.output_dir,
-        beta=cfg.beta,
-        loss_type=["sigmoid", "sft"],
-        loss_weights=[cfg.dpo_weight, 1.0],
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        seed=cfg.seed,
-        max_length=cfg.max_length,
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=max(1, cfg.max_steps // 5),
-        disable_tqdm=not cfg.progress,
-    )
+    args = _trainer_args(cfg)
     trainer_cls = _make_trainer_class()
     trainer = trainer_cls(
         model=model,
@@ -473,6 +427,73 @@ def main(cfg: DPOConfigR2V) -> dict[str, Any]:
     }
     (out / "dpo_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _check(cfg: DPOConfigR2V) -> None:
+    """Refuse a config without trajectories or with a negative loss weight."""
+    if not cfg.trajectories:
+        raise ValueError("DPOConfigR2V.trajectories must list at least one file.")
+    if cfg.dpo_weight < 0 or cfg.consistency_weight < 0:
+        raise ValueError(
+            "dpo_weight and consistency_weight must be >= 0; got "
+            f"{cfg.dpo_weight!r} and {cfg.consistency_weight!r}."
+        )
+
+
+def _training_pairs(cfg: DPOConfigR2V) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The DPO preference pairs and the consistency pairs.
+
+    Preference pairs set the SLM's candidates against the teacher's action,
+    judged by the verifier (on at most ``max_pairs`` seeded-random states).
+    """
+    from pipelines.agent import SLMAgent
+
+    examples = build_examples(
+        read_trajectories(cfg.trajectories), **prompt_kwargs_of(cfg)
+    )
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.max_pairs is not None and len(examples) > cfg.max_pairs:
+        keep = rng.choice(len(examples), cfg.max_pairs, replace=False)
+        examples = [examples[i] for i in sorted(keep)]
+    agent = SLMAgent(
+        cfg.slm,
+        cfg.verifier,
+        k=cfg.k,
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+    )
+    pairs = build_preference_pairs(
+        examples, agent, prefer_teacher=cfg.prefer_teacher, progress=cfg.progress
+    )
+    if not pairs:
+        raise ValueError("no preference pairs: every candidate equals the teacher.")
+    cons = build_consistency_pairs(examples, seed=cfg.view_seed, rate=cfg.view_rate)
+    return pairs, cons
+
+
+def _trainer_args(cfg: DPOConfigR2V) -> Any:
+    """TRL's ``DPOConfig``: sigmoid DPO loss plus SFT on the chosen actions."""
+    from trl import DPOConfig
+
+    return DPOConfig(
+        output_dir=cfg.output_dir,
+        beta=cfg.beta,
+        loss_type=["sigmoid", "sft"],
+        loss_weights=[cfg.dpo_weight, 1.0],
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        seed=cfg.seed,
+        max_length=cfg.max_length,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=max(1, cfg.max_steps // 5),
+        disable_tqdm=not cfg.progress,
+    )
 
 
 # The config fields offered on the command line.
