@@ -85,7 +85,8 @@ shape (n, K, T) plus ``lengths`` (n, K)).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -166,11 +167,14 @@ def _check_str(df: pd.DataFrame, col: str) -> pd.Series:
     return s
 
 
+def _non_bool(s: pd.Series, is_kind: Callable[[Any], bool]) -> bool:
+    """Whether ``s`` has a dtype of the kind ``is_kind`` tests, booleans excluded."""
+    return not pd.api.types.is_bool_dtype(s.dtype) and is_kind(s.dtype)
+
+
 def _check_int(df: pd.DataFrame, col: str) -> pd.Series:
     s = df[col]
-    if pd.api.types.is_bool_dtype(s.dtype) or not pd.api.types.is_integer_dtype(
-        s.dtype
-    ):
+    if not _non_bool(s, pd.api.types.is_integer_dtype):
         raise ValueError(
             f"Column '{col}' must have an integer dtype (int64). Got dtype "
             f"{s.dtype} instead."
@@ -210,9 +214,7 @@ def _check_binary(df: pd.DataFrame, col: str, dtype: str) -> pd.Series:
 
 def _check_float(df: pd.DataFrame, col: str) -> pd.Series:
     s = df[col]
-    if pd.api.types.is_bool_dtype(s.dtype) or not pd.api.types.is_numeric_dtype(
-        s.dtype
-    ):
+    if not _non_bool(s, pd.api.types.is_numeric_dtype):
         raise ValueError(
             f"Column '{col}' must have dtype float64. Got dtype {s.dtype} instead."
         )
