@@ -27,9 +27,7 @@ _NO_EXEC = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _sandbox_or_skip(request) -> None:
-    sandbox_or_skip(request, _NO_EXEC)
+_sandbox_or_skip = sandbox_or_skip(_NO_EXEC)
 
 
 @pytest.fixture(scope="module")

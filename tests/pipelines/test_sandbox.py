@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from _helpers import require_bwrap
+from _helpers import host_listener, require_bwrap
 
 import pipelines
 from pipelines.sandbox import Sandbox, SandboxResult, isolation_capabilities
@@ -240,44 +240,26 @@ def test_x5_attacks_that_beat_the_audit_hook_are_contained(
     _bwrap_or_skip()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-r2vcal-x5-secret")
     outside = tmp_path / "outside"
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-    srv.settimeout(4)
-    port = srv.getsockname()[1]
-    hits: list[int] = []
-
-    def accept() -> None:
-        try:
-            conn, _ = srv.accept()
-            hits.append(1)
-            conn.close()
-        except OSError:
-            pass
-
-    th = threading.Thread(target=accept, daemon=True)
-    th.start()
-    res = Sandbox(wall_time=8.0).run_python(
-        "import os, signal, subprocess, sys\n"
-        f"subprocess.run(['sh', '-c', 'echo x > {outside}'])\n"
-        "subprocess.run(['bash', '-c', "
-        f"'echo hi > /dev/tcp/127.0.0.1/{port}'])\n"
-        "subprocess.run([sys.executable, '-I', '-c', 'import socket; "
-        f'socket.create_connection(("127.0.0.1", {port}), timeout=2)\'])\n'
-        "for pid in {'1', str(os.getppid()), 'self'}:\n"
-        "    try:\n"
-        "        print('ENV', pid, open(f'/proc/{pid}/environ').read())\n"
-        "    except OSError as exc:\n"
-        "        print('noenv', pid, exc)\n"
-        "print('NPROC', len([p for p in os.listdir('/proc') if p.isdigit()]))\n"
-        "for pid in (os.getppid(), 1, -1):\n"
-        "    try:\n"
-        "        os.kill(pid, signal.SIGKILL)\n"
-        "    except OSError as exc:\n"
-        "        print('nokill', pid, exc)\n"
-    )
-    th.join(6)
-    srv.close()
+    with host_listener() as (port, hits):
+        res = Sandbox(wall_time=8.0).run_python(
+            "import os, signal, subprocess, sys\n"
+            f"subprocess.run(['sh', '-c', 'echo x > {outside}'])\n"
+            "subprocess.run(['bash', '-c', "
+            f"'echo hi > /dev/tcp/127.0.0.1/{port}'])\n"
+            "subprocess.run([sys.executable, '-I', '-c', 'import socket; "
+            f'socket.create_connection(("127.0.0.1", {port}), timeout=2)\'])\n'
+            "for pid in {'1', str(os.getppid()), 'self'}:\n"
+            "    try:\n"
+            "        print('ENV', pid, open(f'/proc/{pid}/environ').read())\n"
+            "    except OSError as exc:\n"
+            "        print('noenv', pid, exc)\n"
+            "print('NPROC', len([p for p in os.listdir('/proc') if p.isdigit()]))\n"
+            "for pid in (os.getppid(), 1, -1):\n"
+            "    try:\n"
+            "        os.kill(pid, signal.SIGKILL)\n"
+            "    except OSError as exc:\n"
+            "        print('nokill', pid, exc)\n"
+        )
     assert "sk-r2vcal-x5-secret" not in res.stdout + res.stderr
     assert not outside.exists()
     assert hits == []
@@ -449,29 +431,12 @@ def test_sleeping_children_are_killed(sandbox: Sandbox) -> None:
 
 def test_network_socket(sandbox: Sandbox) -> None:
     # A real server on the host: the sandbox must not reach it.
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-    port = srv.getsockname()[1]
-    hits: list[int] = []
-
-    def accept() -> None:
-        srv.settimeout(5)
-        try:
-            conn, _ = srv.accept()
-            hits.append(1)
-            conn.close()
-        except OSError:
-            pass
-
-    th = threading.Thread(target=accept, daemon=True)
-    th.start()
-    res = sandbox.run_python(
-        f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)"
-        "\nprint('connected')"
-    )
-    srv.close()
-    th.join(6)
+    with host_listener() as (port, hits):
+        res = sandbox.run_python(
+            "import socket\n"
+            f"s = socket.create_connection(('127.0.0.1', {port}), timeout=2)"
+            "\nprint('connected')"
+        )
     assert not res.ok
     assert "connected" not in res.stdout
     assert hits == []

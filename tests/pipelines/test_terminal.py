@@ -3,19 +3,18 @@ attempt fails, hostile commands are contained and no container is left behind.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from _helpers import sandbox_or_skip
+from _helpers import host_listener, sandbox_or_skip
 
 from pipelines.envs import Env
 from pipelines.envs.terminal import (
@@ -40,9 +39,7 @@ _NO_EXEC = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _sandbox_or_skip(request) -> None:
-    sandbox_or_skip(request, _NO_EXEC)
+_sandbox_or_skip = sandbox_or_skip(_NO_EXEC)
 
 
 def _docker_or_skip() -> None:
@@ -248,29 +245,6 @@ def test_parse_pytest_summary() -> None:
 
 
 # ------------------------------------------ adversarial suite, both runners
-def _host_listener() -> tuple[socket.socket, list[int], threading.Thread]:
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(4)
-    srv.settimeout(0.2)
-    hits: list[int] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-                hits.append(1)
-                conn.close()
-            except OSError:
-                pass
-
-    th = threading.Thread(target=accept, daemon=True)
-    th.stop = stop  # type: ignore[attr-defined]
-    th.start()
-    return srv, hits, th
-
-
 def _our_containers() -> list[str]:
     out = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label=r2vcal.owner={os.getpid()}"],
@@ -300,10 +274,10 @@ def test_adversarial_commands_are_contained(runner, tmp_path) -> None:
     env = _make(runner, command_timeout=4.0, memory_mb=512, max_steps=20)
     marker = f"31{uuid.uuid4().int % 10**6}"
     outside = tmp_path / "outside.txt"
-    srv, hits, th = _host_listener()
-    port = srv.getsockname()[1]
     table: dict[str, bool] = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        port, hits = stack.enter_context(host_listener())
+        stack.callback(env.close)
         env.reset(TASKS[0])
         start = time.perf_counter()
         _, _, _, info = env.step("bomb() { bomb | bomb & }; bomb")
@@ -338,11 +312,6 @@ def test_adversarial_commands_are_contained(runner, tmp_path) -> None:
         env.step(f"(sleep {marker} &) ; nohup sleep {marker} >/dev/null 2>&1 &")
         obs, _, _, info = env.step("echo alive")
         table["still usable"] = obs == "alive"
-    finally:
-        env.close()
-        th.stop.set()  # type: ignore[attr-defined]
-        th.join(5)
-        srv.close()
     time.sleep(0.5)
     table["background process gone"] = _processes_with(marker) == []
     if runner == "docker":
