@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from _helpers import sandbox_or_skip
@@ -295,20 +294,11 @@ def test_output_encoding_round_trip() -> None:
 
 
 def test_refused_without_bubblewrap_unless_opted_in(
-    problems, tmp_path, monkeypatch
+    problems, tmp_path, no_bwrap
 ) -> None:
     """Fail closed: no bubblewrap, no execution; the opt-in is recorded."""
     from pipelines.sandbox import Sandbox, SandboxUnavailableError
 
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    for d in os.environ.get("PATH", "").split(os.pathsep):
-        if os.path.isdir(d):
-            for name in os.listdir(d):
-                link = bindir / name
-                if name != "bwrap" and not link.exists() and not link.is_symlink():
-                    link.symlink_to(os.path.join(d, name))
-    monkeypatch.setenv("PATH", str(bindir))
     p = problems["HumanEval/0"]
     program = p.prompt + p.canonical_solution
     with pytest.raises(SandboxUnavailableError, match="allow_weak_isolation"):

@@ -7,7 +7,6 @@ each failed (escaped) on the namespace sandbox before bubblewrap.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -35,23 +34,6 @@ def _bwrap_or_skip() -> None:
         "bubblewrap (`bwrap`) is not installed: the attack rows need the real "
         "sandbox (apt-get install bubblewrap; .ci/run installs it)"
     )
-
-
-@pytest.fixture
-def no_bwrap(tmp_path, monkeypatch) -> Path:
-    """This host as if bubblewrap were not installed: PATH without ``bwrap``."""
-    bindir = tmp_path / "path-without-bwrap"
-    bindir.mkdir()
-    for d in os.environ.get("PATH", "").split(os.pathsep):
-        if not os.path.isdir(d):
-            continue
-        for name in os.listdir(d):
-            link = bindir / name
-            if name != "bwrap" and not link.exists() and not link.is_symlink():
-                link.symlink_to(os.path.join(d, name))
-    monkeypatch.setenv("PATH", str(bindir))
-    assert shutil.which("bwrap") is None
-    return bindir
 
 
 @pytest.fixture(params=["bwrap", "weak"])

@@ -208,18 +208,9 @@ def test_agent_never_sees_tests_and_cannot_forge_verdict(runner) -> None:
     assert info["tests"] == {"test_outputs.py::test_total": "FAILED"}
 
 
-def test_refused_without_bubblewrap(tmp_path, monkeypatch) -> None:
+def test_refused_without_bubblewrap(no_bwrap) -> None:
     from pipelines.sandbox import SandboxUnavailableError
 
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    for d in os.environ.get("PATH", "").split(os.pathsep):
-        if os.path.isdir(d):
-            for name in os.listdir(d):
-                link = bindir / name
-                if name != "bwrap" and not link.exists() and not link.is_symlink():
-                    link.symlink_to(os.path.join(d, name))
-    monkeypatch.setenv("PATH", str(bindir))
     env = TerminalEnv(use_docker=False)
     env.reset(TASKS[0])
     with pytest.raises(SandboxUnavailableError, match="allow_weak_isolation"):
