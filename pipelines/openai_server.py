@@ -117,6 +117,8 @@ class _Generator:
         """Choices (text, finish reason, token records) and the prompt length."""
         import torch
 
+        from pipelines.policies import generate_kwargs
+
         tok = self.tokenizer
         n = int(body.get("n") or 1)
         max_new = int(
@@ -136,19 +138,7 @@ class _Generator:
             "input_ids"
         ]
         ids = ids[:, -(self.model.config.max_position_embeddings - max_new) :]
-        kw: dict[str, Any] = {
-            "max_new_tokens": max_new,
-            "num_return_sequences": n,
-            "output_logits": True,
-            "return_dict_in_generate": True,
-            "pad_token_id": tok.pad_token_id
-            if tok.pad_token_id is not None
-            else tok.eos_token_id,
-        }
-        if temperature > 0:
-            kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-        else:
-            kw.update(do_sample=False)
+        kw = generate_kwargs(tok, max_new, n, temperature=temperature, top_p=top_p)
         with self.lock, torch.no_grad():
             torch.manual_seed(seed)
             out = self.model.generate(

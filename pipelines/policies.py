@@ -39,6 +39,7 @@ __all__ = [
     "PolicyError",
     "TransformersPolicy",
     "VLLMPolicy",
+    "generate_kwargs",
 ]
 
 
@@ -114,6 +115,48 @@ def _topn_entropy(logprobs: list[float]) -> float:
     if lp.size == 0:
         return float("nan")
     return float(topn_entropy(lp[None, :])[0])
+
+
+def generate_kwargs(
+    tokenizer: Any,
+    max_new_tokens: int,
+    n: int,
+    *,
+    temperature: float,
+    top_p: float = 1.0,
+) -> dict[str, Any]:
+    """``model.generate`` keywords for ``n`` candidates with their raw logits.
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+        Its pad token (else its EOS token) pads the candidates.
+    max_new_tokens : int
+        Longest candidate.
+    n : int
+        Candidates (``num_return_sequences``).
+    temperature : float
+        Sampling temperature; ``0`` decodes greedily.
+    top_p : float, default=1.0
+        Nucleus sampling mass (with ``temperature > 0``; ``top_k`` is off).
+
+    Returns
+    -------
+    dict
+    """
+    pad = tokenizer.pad_token_id
+    kw: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "num_return_sequences": n,
+        "output_logits": True,
+        "return_dict_in_generate": True,
+        "pad_token_id": pad if pad is not None else tokenizer.eos_token_id,
+    }
+    if temperature > 0:
+        kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        kw.update(do_sample=False)
+    return kw
 
 
 # ---------------------------------------------------------------- transformers
@@ -204,21 +247,9 @@ class TransformersPolicy:
                 "attention_mask": torch.ones(1, 1, dtype=torch.long),
             }
         torch.manual_seed(self.seed)
-        gen_kwargs: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "num_return_sequences": k,
-            "output_logits": True,
-            "return_dict_in_generate": True,
-            "pad_token_id": tok.pad_token_id
-            if tok.pad_token_id is not None
-            else tok.eos_token_id,
-        }
-        if self.temperature > 0:
-            gen_kwargs.update(
-                do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0
-            )
-        else:
-            gen_kwargs.update(do_sample=False)
+        gen_kwargs = generate_kwargs(
+            tok, self.max_new_tokens, k, temperature=self.temperature, top_p=self.top_p
+        )
         with torch.no_grad():
             out = self.model.generate(**enc, **gen_kwargs)
         prompt_len = enc["input_ids"].shape[1]
