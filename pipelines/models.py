@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_tiny_causal_lm", "fingerprints"]
+__all__ = ["build_tiny_causal_lm", "fingerprints", "load_causal_lm"]
 
 
 def build_tiny_causal_lm(
@@ -125,3 +125,27 @@ def fingerprints(slm: str | Path, verifier: str | Path) -> dict[str, str]:
             (Path(verifier) / "verifier.json").read_bytes()
         ).hexdigest(),
     }
+
+
+def load_causal_lm(model: Any, tokenizer: Any = None) -> tuple[Any, Any]:
+    """A causal LM and its tokenizer, loaded when ``model`` is a directory or id.
+
+    Parameters
+    ----------
+    model : str or transformers.PreTrainedModel
+        A directory / id (loaded with ``from_pretrained``), or a loaded model.
+    tokenizer : transformers tokenizer, default=None
+        Required with a model object; loaded from ``model`` otherwise.
+
+    Returns
+    -------
+    (model, tokenizer)
+    """
+    if isinstance(model, str):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+        model = AutoModelForCausalLM.from_pretrained(model)
+    if tokenizer is None:
+        raise ValueError("tokenizer is required when 'model' is a model object.")
+    return model, tokenizer

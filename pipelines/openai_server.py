@@ -310,13 +310,9 @@ def create_app(
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, StreamingResponse
 
-    if isinstance(model, str):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    from pipelines.models import load_causal_lm
 
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
-        model = AutoModelForCausalLM.from_pretrained(model)
-    if tokenizer is None:
-        raise ValueError("tokenizer is required when 'model' is a model object.")
+    model, tokenizer = load_causal_lm(model, tokenizer)
     gen = _Generator(model, tokenizer, max_tokens, seed)
     app = FastAPI(title="tiny OpenAI-compatible server")
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.models import load_causal_lm
 from r2vcal.features import ENTROPY_TOP_N, topn_entropy
 
 __all__ = [
@@ -199,13 +200,7 @@ class TransformersPolicy:
         device: str = "cpu",
         entropy_top_n: int | None = ENTROPY_TOP_N,
     ) -> None:
-        if isinstance(model, str):
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
-            model = AutoModelForCausalLM.from_pretrained(model)
-        if tokenizer is None:
-            raise ValueError("tokenizer is required when 'model' is a model object.")
+        model, tokenizer = load_causal_lm(model, tokenizer)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens!r}.")
         if temperature < 0:
@@ -653,13 +648,7 @@ class AdmissibleScoringPolicy:
         batch_size: int = 64,
         device: str = "cpu",
     ) -> None:
-        if isinstance(model, str):
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
-            model = AutoModelForCausalLM.from_pretrained(model)
-        if tokenizer is None:
-            raise ValueError("tokenizer is required when 'model' is a model object.")
+        model, tokenizer = load_causal_lm(model, tokenizer)
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no eos_token_id; commands need an end.")
         if batch_size < 1:
