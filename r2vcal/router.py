@@ -414,6 +414,7 @@ class CVaRBrierRouter(BaseRouter):
             else self.random_state.randint(2**31 - 1)
         )
         n_groups = self.group_labels_.shape[0]
+        rows = _Rows(y01, sw, gidx, n_groups)
         auto = self.alpha == "auto" and not hidden
         self.dual_weight_ = float(self.cvar_weight)  # the objective's weight until fit
         folds = self._calibration_folds(y01, sw, gidx, rng, auto)
@@ -422,20 +423,18 @@ class CVaRBrierRouter(BaseRouter):
         z_oof, objectives = None, []
         if folds is not None:
             for a in ALPHA_GRID if auto else (self.alpha_,):
-                z = self._out_of_fold_scores(
-                    X, y01, sw, gidx, n_groups, hidden, folds, fold_seeds, a
-                )
-                objectives.append(self._objective(expit(z), y01, sw, gidx, n_groups))
+                z = self._out_of_fold_scores(X, rows, hidden, folds, fold_seeds, a)
+                objectives.append(self._objective(expit(z), rows))
                 if objectives[-1] <= min(objectives):
                     z_oof, self.alpha_ = z, float(a)
         self.alpha_objective_ = np.asarray(objectives if auto else [], dtype=float)
-        self._fit_scorer(X, y01, sw, gidx, n_groups, hidden, rng)
+        self._fit_scorer(X, rows, hidden, rng)
 
         self.calibration_: str | None = None
         self.temperature_ = 1.0
         self.calibration_objective_ = np.full(2, np.nan)
         if z_oof is not None and folds is not None and self.calibration is not None:
-            self._choose_calibrator(z_oof, y01, sw, gidx, n_groups, folds)
+            self._choose_calibrator(z_oof, rows, folds)
 
         self._set_threshold()
         p = self._calibrated_proba(X)
@@ -446,16 +445,13 @@ class CVaRBrierRouter(BaseRouter):
     def _fit_scorer(
         self,
         X: NDArray[np.float64],
-        y01: NDArray[np.float64],
-        sw: NDArray[np.float64],
-        gidx: NDArray[np.intp],
-        n_groups: int,
+        rows: _Rows,
         hidden: tuple[int, ...],
         rng: np.random.RandomState,
     ) -> None:
         """Fit the uncalibrated score (linear or MLP) on the given rows."""
-        mean, scale = weighted_standardisation(X, sw)
-        data = _TrainData(X, y01, sw, gidx, n_groups, mean, scale)
+        mean, scale = weighted_standardisation(X, rows.w)
+        data = _TrainData(X, rows.y, rows.w, rows.gidx, rows.n_groups, mean, scale)
         if hidden:
             self._fit_mlp(data, hidden, rng)
         else:
@@ -527,10 +523,7 @@ class CVaRBrierRouter(BaseRouter):
     def _out_of_fold_scores(
         self,
         X: NDArray[np.float64],
-        y01: NDArray[np.float64],
-        sw: NDArray[np.float64],
-        gidx: NDArray[np.intp],
-        n_groups: int,
+        rows: _Rows,
         hidden: tuple[int, ...],
         folds: NDArray[np.intp],
         seeds: NDArray[np.int64],
@@ -546,41 +539,22 @@ class CVaRBrierRouter(BaseRouter):
             sub.alpha_ = float(alpha)
             train = ~test
             sub._fit_scorer(
-                X[train],
-                y01[train],
-                sw[train],
-                gidx[train],
-                n_groups,
-                hidden,
-                np.random.RandomState(int(seed)),
+                X[train], rows.take(train), hidden, np.random.RandomState(int(seed))
             )
             z[test] = sub._raw_scores(X[test])
         return z
 
-    def _objective(
-        self,
-        p: NDArray[np.float64],
-        y01: NDArray[np.float64],
-        sw: NDArray[np.float64],
-        gidx: NDArray[np.intp],
-        n_groups: int,
-    ) -> float:
+    def _objective(self, p: NDArray[np.float64], rows: _Rows) -> float:
         """Weighted Brier + weight x exact CVaR of per-group Brier (no L2)."""
-        brier = float(np.dot(sw, (p - y01) ** 2) / sw.sum())
+        brier = float(np.dot(rows.w, (p - rows.y) ** 2) / rows.w.sum())
         lam = float(self.dual_weight_)
         if lam <= 0:
             return brier
-        losses, gw = group_brier(p, y01, sw, gidx, n_groups)
+        losses, gw = group_brier(p, rows.y, rows.w, rows.gidx, rows.n_groups)
         return brier + lam * exact_cvar(losses[gw > 0], float(self.cvar_tail))
 
     def _choose_calibrator(
-        self,
-        z: NDArray[np.float64],
-        y01: NDArray[np.float64],
-        sw: NDArray[np.float64],
-        gidx: NDArray[np.intp],
-        n_groups: int,
-        folds: NDArray[np.intp],
+        self, z: NDArray[np.float64], rows: _Rows, folds: NDArray[np.intp]
     ) -> None:
         """Fit the calibrator on out-of-fold scores; keep it only if it helps.
 
@@ -590,23 +564,17 @@ class CVaRBrierRouter(BaseRouter):
         probabilities is compared with that of the raw out-of-fold probabilities.
         """
 
-        def fit(rows: NDArray[np.bool_]) -> Any:
+        def fit(mask: NDArray[np.bool_]) -> Any:
             return _fit_calibrator(
-                str(self.calibration),
-                z[rows],
-                y01[rows],
-                sw[rows],
-                gidx[rows],
-                n_groups,
-                self,
+                str(self.calibration), z[mask], rows.take(mask), self
             )
 
         p_cv = np.empty_like(z)
         for f in range(int(self.calibration_cv)):
             test = folds == f
             p_cv[test] = fit(~test)(z[test])
-        raw = self._objective(expit(z), y01, sw, gidx, n_groups)
-        calibrated = self._objective(p_cv, y01, sw, gidx, n_groups)
+        raw = self._objective(expit(z), rows)
+        calibrated = self._objective(p_cv, rows)
         self.calibration_objective_ = np.array([raw, calibrated])
         if calibrated < raw - _MIN_CALIBRATION_GAIN:
             cal = fit(np.ones(z.shape[0], dtype=bool))
@@ -863,13 +831,7 @@ class _Calibrator:
 
 
 def _fit_calibrator(
-    kind: str,
-    z: NDArray[np.float64],
-    y: NDArray[np.float64],
-    w: NDArray[np.float64],
-    gidx: NDArray[np.intp],
-    n_groups: int,
-    router: CVaRBrierRouter,
+    kind: str, z: NDArray[np.float64], rows: _Rows, router: CVaRBrierRouter
 ) -> _Calibrator:
     """Fit ``kind`` ("temperature" or "isotonic") to scores ``z``.
 
@@ -880,18 +842,33 @@ def _fit_calibrator(
     """
     if kind == "isotonic":
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-        iso.fit(expit(z), y, sample_weight=w)
+        iso.fit(expit(z), rows.y, sample_weight=rows.w)
         return _Calibrator(
             x=np.asarray(iso.X_thresholds_, dtype=np.float64),
             y=np.asarray(iso.y_thresholds_, dtype=np.float64),
         )
 
     def loss(log_t: float) -> float:
-        return router._objective(expit(z * np.exp(-log_t)), y, w, gidx, n_groups)
+        return router._objective(expit(z * np.exp(-log_t)), rows)
 
     res = minimize_scalar(loss, bounds=(-7.0, 7.0), method="bounded")
     log_t = float(res.x) if loss(float(res.x)) < loss(0.0) else 0.0
     return _Calibrator(temperature=float(np.exp(log_t)))
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The rows a fit step sees: 0/1 target, weights, group index, and the
+    number of groups (of the whole fit, so that fold subsets keep every group)."""
+
+    y: NDArray[np.float64]
+    w: NDArray[np.float64]
+    gidx: NDArray[np.intp]
+    n_groups: int
+
+    def take(self, mask: NDArray[np.bool_]) -> _Rows:
+        """The rows where ``mask`` is True."""
+        return _Rows(self.y[mask], self.w[mask], self.gidx[mask], self.n_groups)
 
 
 @dataclass
