@@ -886,27 +886,13 @@ class CandidateFeaturizer(TransformerMixin, BaseEstimator):
         return np.column_stack([cols[f] for f in selected]).astype(np.float64)
 
 
-_VERIFIER_USERS = frozenset(
-    {
-        "logprob_chosen",
-        "verifier_max",
-        "verifier_mean",
-        "verifier_std",
-        "verifier_spread",
-        "verifier_margin",
-        "verifier_trend",
-    }
-)
-_TOKEN_FEATURES = frozenset(
-    {
-        "entropy_mean",
-        "entropy_max",
-        "logprob_mean",
-        "logprob_min",
-        "logprob_chosen",
-        "log_mean_length",
-    }
-)
+def _users_of(field: str) -> frozenset[str]:
+    """The features that read ``field`` (from :data:`FEATURE_INPUTS`)."""
+    return frozenset(f for f, inputs in FEATURE_INPUTS.items() if field in inputs)
+
+
+_VERIFIER_USERS = _users_of("verifier_scores")
+_TOKEN_FEATURES = _users_of("token_logprobs")
 
 
 class _Shapes:
