@@ -709,18 +709,13 @@ def _headline(
     return headline
 
 
-def main(cfg: EvaluateConfig) -> dict[str, Any]:
-    """Run every arm in closed loop, the mixed-trajectory rounds, and the report."""
-    import torch
+def _closed_loop(cfg: EvaluateConfig, run: dict[str, Any]) -> ClosedLoop:
+    """The run's frozen agent on the run's perturbed test environment.
 
-    from r2vcal.cascade import StepCascade
-
-    start = time.perf_counter()
-    torch.set_num_threads(1)  # tiny models: threads only contend
-    run = _load_run(cfg)
+    ``cfg.n_test_tasks`` extends the test split; ``cfg.policy`` and
+    ``cfg.select`` override the run's.
+    """
     art = run["artifacts"]
-    out = Path(cfg.out or Path(cfg.run) / "evaluate")
-    out.mkdir(parents=True, exist_ok=True)
     env_name = run.get("env", "textworld")
     env_kwargs = dict(run["env_kwargs"])
     if cfg.n_test_tasks is not None and "n_games" in env_kwargs:
@@ -744,21 +739,14 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         temperature=float(run.get("temperature", 1.0)),
         max_new_tokens=int(run.get("max_new_tokens", 12)),
     )
-    loop = ClosedLoop(agent, new_env, run.get("prompt_kwargs"))
-    table = pd.read_parquet(art["router_table"])
-    label = resolve_label(table, cfg.label)
-    routers = fit_routers(
-        table,
-        label,
-        cost_slm=cfg.cost_slm,
-        cost_llm=cfg.cost_llm,
-        random_state=cfg.random_state,
-    )
-    from r2vcal.features import FEATURE_NAMES
+    return ClosedLoop(agent, new_env, run.get("prompt_kwargs"))
 
-    X_table = table[list(FEATURE_NAMES)]
-    tasks = loop.env.tasks("test")[: cfg.n_test_tasks]
-    seeds = [int(s) for s in (cfg.test_seeds or run["test_seeds"])]
+
+def _cascade_factory(cfg: EvaluateConfig, loop: ClosedLoop) -> Callable[..., Any]:
+    """``cascade(router, threshold, budget=None)``: a StepCascade over ``loop``."""
+    from r2vcal.cascade import StepCascade
+
+    agent = loop.agent
     costs = {"cost_slm": cfg.cost_slm, "cost_llm": cfg.cost_llm}
 
     def cascade(
@@ -779,6 +767,36 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
             **costs,
         )
 
+    return cascade
+
+
+def main(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Run every arm in closed loop, the mixed-trajectory rounds, and the report."""
+    import torch
+
+    start = time.perf_counter()
+    torch.set_num_threads(1)  # tiny models: threads only contend
+    run = _load_run(cfg)
+    art = run["artifacts"]
+    out = Path(cfg.out or Path(cfg.run) / "evaluate")
+    out.mkdir(parents=True, exist_ok=True)
+    loop = _closed_loop(cfg, run)
+    agent = loop.agent
+    table = pd.read_parquet(art["router_table"])
+    label = resolve_label(table, cfg.label)
+    routers = fit_routers(
+        table,
+        label,
+        cost_slm=cfg.cost_slm,
+        cost_llm=cfg.cost_llm,
+        random_state=cfg.random_state,
+    )
+    from r2vcal.features import FEATURE_NAMES
+
+    X_table = table[list(FEATURE_NAMES)]
+    tasks = loop.env.tasks("test")[: cfg.n_test_tasks]
+    seeds = [int(s) for s in (cfg.test_seeds or run["test_seeds"])]
+    cascade = _cascade_factory(cfg, loop)
     arms, table_rates = _arms(cfg, routers, X_table, cascade)
     ep_df = _play_arms(loop, arms, tasks, seeds, cfg.progress)
     ep_df.to_csv(out / "episodes.csv", index=False)
