@@ -323,6 +323,8 @@ def _closed_loop_bullets(
     ev: dict[str, Any], shipped: dict[str, Any] | None
 ) -> list[str]:
     """The closed loop's key numbers, its setup and the shipped table."""
+    from pipelines.evaluate import low_budget_lines
+
     h = ev["headline"]
     best = h["at_entropy_best"]
     lines = [
@@ -338,6 +340,7 @@ def _closed_loop_bullets(
         + "; CVaR-Brier ÷ entropy "
         + _fmt(best["cvar_over_entropy_share"]),
     ]
+    lines += low_budget_lines(h)
     setup = ev.get("setup")
     if setup:
         same = all(setup["identical_to_shipped"].values())

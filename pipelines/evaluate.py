@@ -73,6 +73,8 @@ __all__ = [
     "RankedRouter",
     "fit_routers",
     "headline_ratios",
+    "low_budget_comparison",
+    "low_budget_lines",
     "main",
     "make_parser",
     "report_doc",
@@ -706,7 +708,97 @@ def _headline(
         n_resamples=cfg.n_resamples,
         random_state=cfg.random_state,
     )
+    headline["low_budget"] = low_budget_comparison(
+        ep_df, n_resamples=cfg.n_resamples, random_state=cfg.random_state
+    )
     return headline
+
+
+def low_budget_comparison(
+    episodes: pd.DataFrame,
+    *,
+    n_rates: int = 2,
+    reference: str = "cvar_brier",
+    n_resamples: int = 1000,
+    random_state: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Success at the smallest target rates, paired against ``reference`` by game.
+
+    The other end of the frontier from the headline ratio: which router buys
+    the most success with few teacher calls. Every router played the same
+    games and seeds at each rate, so the difference in success is taken per
+    game and its 95 % CI resamples games.
+
+    Parameters
+    ----------
+    episodes : DataFrame
+        ``episodes.csv`` of :func:`main` (``router``, ``threshold_rate``,
+        ``task_id``, ``success``, ``llm_calls``, ``steps``).
+    n_rates : int, default=2
+        How many of the smallest target rates.
+    reference : str, default="cvar_brier"
+    n_resamples : int, default=1000
+    random_state : int, default=0
+
+    Returns
+    -------
+    dict
+        Per rate (as str): ``success`` and ``share`` per router, and
+        ``minus`` per other router: ``{"estimate", "low", "high"}`` of
+        ``reference``'s success minus that router's.
+    """
+    from r2vcal.metrics import bootstrap_ci
+
+    routed = episodes[episodes["threshold_rate"].notna()]
+    out: dict[str, dict[str, Any]] = {}
+    for rate in sorted(routed["threshold_rate"].unique())[:n_rates]:
+        at = routed[routed["threshold_rate"] == rate]
+        per_game = at.pivot_table(
+            index="task_id", columns="router", values="success", aggfunc="mean"
+        )
+        calls = at.groupby("router")[["llm_calls", "steps"]].sum()
+        entry: dict[str, Any] = {
+            "success": {r: float(per_game[r].mean()) for r in per_game.columns},
+            "share": {
+                r: _share(c["llm_calls"], c["steps"]) for r, c in calls.iterrows()
+            },
+            "minus": {},
+        }
+        if reference in per_game.columns:
+            for other in per_game.columns.drop(reference):
+                diff = (per_game[reference] - per_game[other]).to_numpy()
+                ci = bootstrap_ci(
+                    np.mean, diff, n_resamples=n_resamples, random_state=random_state
+                )
+                entry["minus"][other] = {
+                    "estimate": float(diff.mean()),
+                    "low": float(ci.low),
+                    "high": float(ci.high),
+                }
+        out[str(float(rate))] = entry
+    return out
+
+
+def low_budget_lines(h: dict[str, Any], reference: str = "cvar_brier") -> list[str]:
+    """One sentence per rate of :func:`low_budget_comparison` (in ``h["low_budget"]``)."""
+    lines = []
+    for rate, entry in h.get("low_budget", {}).items():
+        succ, share = entry["success"], entry["share"]
+        lines.append(
+            f"at target rate {float(rate):.2f} (realised share in brackets), success "
+            + ", ".join(f"{r} {succ[r]:.3f} ({share[r]:.3f})" for r in succ)
+            + (
+                f"; {reference} minus "
+                + ", ".join(
+                    f"{r} {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+                    for r, d in entry["minus"].items()
+                )
+                + " (95 % CI, games resampled)"
+                if entry["minus"]
+                else ""
+            )
+        )
+    return lines
 
 
 def _closed_loop(cfg: EvaluateConfig, run: dict[str, Any]) -> ClosedLoop:
@@ -948,27 +1040,6 @@ def _ratio_lines(h: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _low_budget_lines(res: pd.DataFrame) -> list[str]:
-    """Success of every router at the two smallest target rates (with CIs).
-
-    The other end of the frontier from the headline ratio: which router buys
-    the most success with few teacher calls.
-    """
-    routed = res[res["threshold_rate"].notna()]
-    lines = []
-    for rate in sorted(routed["threshold_rate"].unique())[:2]:
-        at = routed[routed["threshold_rate"] == rate]
-        lines.append(
-            f"- at target rate {rate:.2f}, success [95% CI] (realised share): "
-            + ", ".join(
-                f"{r.router} {r.success:.3f} [{r.success_low:.3f}, "
-                f"{r.success_high:.3f}] ({r.llm_share:.3f})"
-                for r in at.itertuples()
-            )
-        )
-    return lines
-
-
 _ARM_COLUMNS = [
     "router",
     "threshold_rate",
@@ -1039,7 +1110,7 @@ def report_doc(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Doc:
         + ", ".join(f"{k} {v:.3f}" for k, v in summary["label_rates"].items())
         + ")."
     )
-    lines = [*_headline_bullets(h), *_ratio_lines(h), *_low_budget_lines(res)]
+    lines = [*_headline_bullets(h), *_ratio_lines(h), *low_budget_lines(h)]
     doc.bullets(x.removeprefix("- ") for x in lines)
     _image_if_exists(doc, out, "frontier.png", "frontier")
     doc.heading("Arms (95% CI, cluster bootstrap over tasks)")

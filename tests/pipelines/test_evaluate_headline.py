@@ -77,3 +77,54 @@ def test_headline_ratios_point_and_ci() -> None:
     lo, hi = h["cvar_over_entropy"]["low"], h["cvar_over_entropy"]["high"]
     assert lo <= 0.5 <= hi
     assert h["n_games"] == 10
+
+
+def test_low_budget_comparison_pairs_games_and_sees_a_real_gap() -> None:
+    from pipelines.evaluate import low_budget_comparison, low_budget_lines
+
+    rng = np.random.default_rng(0)
+    rows = []
+    # 20 games x 3 seeds at three rates; CVaR-Brier wins 0.3 more games at the
+    # smallest rate, ties entropy at the others.
+    for rate in (0.1, 0.2, 0.5):
+        for g in range(20):
+            base = rng.uniform(0.2, 0.6)
+            for seed in range(3):
+                u = rng.uniform()
+                for router, p in (
+                    ("cvar_brier", base + (0.3 if rate == 0.1 else 0.0)),
+                    ("entropy", base),
+                ):
+                    rows.append(
+                        dict(
+                            router=router,
+                            threshold_rate=rate,
+                            task_id=f"g{g}",
+                            seed=seed,
+                            success=bool(u < p),
+                            llm_calls=1,
+                            steps=10,
+                        )
+                    )
+    rows.append(
+        dict(
+            router="slm_only",
+            threshold_rate=np.nan,
+            task_id="g0",
+            seed=0,
+            success=False,
+            llm_calls=0,
+            steps=10,
+        )
+    )
+    out = low_budget_comparison(pd.DataFrame(rows), n_resamples=500)
+    assert list(out) == ["0.1", "0.2"]  # the two smallest rates, no NaN arm
+    gap = out["0.1"]["minus"]["entropy"]
+    assert gap["low"] > 0.1 and gap["estimate"] == pytest.approx(
+        out["0.1"]["success"]["cvar_brier"] - out["0.1"]["success"]["entropy"]
+    )
+    tie = out["0.2"]["minus"]["entropy"]
+    assert tie["estimate"] == 0.0 and tie["low"] == tie["high"] == 0.0
+    assert out["0.1"]["share"] == {"cvar_brier": 0.1, "entropy": 0.1}
+    lines = low_budget_lines({"low_budget": out})
+    assert len(lines) == 2 and "entropy +0." in lines[0]
