@@ -13,7 +13,7 @@ from r2vcal.baselines import (
     VerifierRouter,
     compare_routers,
 )
-from r2vcal.cascade import StepCascade
+from r2vcal.cascade import StepCascade, StepRouter
 from r2vcal.features import FEATURE_NAMES, CandidateFeaturizer
 from r2vcal.persist import load_router, save_router
 from r2vcal.router import (
@@ -36,6 +36,7 @@ __all__ = [
     "OracleRouter",
     "RandomRouter",
     "StepCascade",
+    "StepRouter",
     "VerifierRouter",
     "__version__",
     "compare_routers",
