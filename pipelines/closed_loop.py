@@ -30,11 +30,12 @@ class ClosedLoop:
         The SLM with ``k`` candidates and verifier selection (memoised per prompt).
     make_env : callable
         ``make_env()`` → a seeded, deterministic environment (a
-        :class:`pipelines.perturb.PerturbedEnv`). One is made: hindsight
-        replays use it too and the episode in play is restored afterwards by
-        replaying its actions (TextWorld's interpreter is one per process).
+        :class:`pipelines.perturb.PerturbedEnv`). One is made and wrapped in a
+        :class:`pipelines.envs.MemoEnv` of its own: hindsight replays use it
+        too, and the episode in play is restored afterwards by replaying its
+        actions (served from memory).
     prompt_kwargs : dict
-        Passed to :func:`pipelines.bc.format_prompt`.
+        Passed to :func:`pipelines.prompting.format_prompt`.
     """
 
     def __init__(

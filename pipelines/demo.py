@@ -196,20 +196,21 @@ def _closed_loop_setup(chain: dict[str, Any]) -> dict[str, Any] | None:
     return {
         "slm": art["bc"],
         "router_table": str(table),
-        "test_table": str(folder / "textworld_r2v_test.parquet"),
         "identical_to_shipped": same,
     }
 
 
-def _agreement(episodes_csv: Path, setup: dict[str, Any]) -> dict[str, Any]:
+def _agreement(episodes_csv: Path) -> dict[str, Any]:
     """SLM-only outcomes in closed loop vs the shipped test table's, per episode."""
     import pandas as pd
+
+    from r2vcal.datasets import load_textworld_r2v
 
     eps = pd.read_csv(episodes_csv)
     mine = eps[eps["router"] == "slm_only"].set_index(["task_id", "seed"])["success"]
     ref = (
-        pd.read_parquet(setup["test_table"])
-        .groupby(["task_id", "seed"])["slm_success"]
+        load_textworld_r2v(subset="test", as_frame=True)
+        .frame.groupby(["task_id", "seed"])["slm_success"]
         .first()
     )
     common = mine.index.intersection(ref.index)
@@ -481,7 +482,7 @@ def main(cfg: DemoConfig) -> dict[str, Any]:
         )
     )
     if setup:
-        setup.update(_agreement(out / "evaluate" / "episodes.csv", setup))
+        setup.update(_agreement(out / "evaluate" / "episodes.csv"))
         ev["setup"] = setup
     seconds["evaluate"] = time.perf_counter() - t2
     seconds["total"] = time.perf_counter() - t0

@@ -6,7 +6,7 @@ Usage::
         --split test --seeds 1000 1001 1002 --out runs/rollout_test.parquet
 
 The agent at each step (DESIGN §1, inference): the SLM samples ``k``
-candidates for the prompt (:func:`pipelines.bc.format_prompt`), the verifier
+candidates for the prompt (:func:`pipelines.prompting.format_prompt`), the verifier
 scores them, and the best-scored candidate is executed. Every step gives one
 row of the table of :mod:`r2vcal.schema`:
 
@@ -162,7 +162,7 @@ def play_episode(
     record : bool, default=False
         Return per-step details (decisions, teacher action, flags).
     prompt_kwargs : dict, optional
-        Passed to :func:`pipelines.bc.format_prompt`.
+        Passed to :func:`pipelines.prompting.format_prompt`.
 
     Returns
     -------

@@ -122,7 +122,7 @@ class RunConfig:
     max_new_tokens : int
         Longest candidate (tokens).
     n_turns, n_actions, max_goal_chars, max_obs_chars, drop_prompt_lines
-        Prompt template (:func:`pipelines.bc.format_prompt`).
+        Prompt template (:func:`pipelines.prompting.format_prompt`).
     n_jobs : int
         Parallel rollout workers.
     torch_threads : int or None

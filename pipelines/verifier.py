@@ -85,7 +85,7 @@ def build_step_labels(
         Negatives sampled per step.
     seed : int, default=0
     **prompt_kwargs
-        Passed to :func:`pipelines.bc.format_prompt`.
+        Passed to :func:`pipelines.prompting.format_prompt`.
 
     Returns
     -------
@@ -148,7 +148,7 @@ def build_slm_labels(
         States used (a seeded random subset); ``None`` uses all.
     seed : int, default=0
     **prompt_kwargs
-        Passed to :func:`pipelines.bc.format_prompt`.
+        Passed to :func:`pipelines.prompting.format_prompt`.
 
     Returns
     -------
@@ -208,7 +208,7 @@ class VerifierConfig:
     refit_full : bool
         After evaluation, refit the head on every labelled pair.
     n_turns, n_actions, max_goal_chars, max_obs_chars, drop_prompt_lines
-        Prompt template (:func:`pipelines.bc.format_prompt`).
+        Prompt template (:func:`pipelines.prompting.format_prompt`).
     n_bins : int
         ECE bins.
     seed : int

@@ -617,7 +617,6 @@ class StepRouter:
             )
         lps = [p[1] for p in parts]
         if verifier_scores is None:
-            rank = np.array([lp.mean() for lp in lps])
             scores = [0.5] * self.k
         else:
             scores = [float(s) for s in verifier_scores]
@@ -625,9 +624,12 @@ class StepRouter:
                 raise ValueError(
                     f"verifier_scores has {len(scores)} values; expected k={self.k}."
                 )
-            rank = np.asarray(scores)
-        if self.select == "logprob":
-            rank = np.array([lp.sum() for lp in lps])
+        if self.select == "logprob":  # the SLM's most likely sequence
+            rank = [lp.sum() for lp in lps]
+        elif verifier_scores is None:
+            rank = [lp.mean() for lp in lps]
+        else:
+            rank = scores
         entry = {
             "texts": [p[0] for p in parts],
             "token_logprobs": lps,
