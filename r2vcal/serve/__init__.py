@@ -91,11 +91,7 @@ pool spent more CPU than the rest of the proxy (``bench/bench_serve.py``).
 from __future__ import annotations
 
 from r2vcal.serve.app import create_app
-from r2vcal.serve.openai import (
-    CONVERSATION_HEADER,
-    TOOL_ERROR_PATTERN,
-    choice_logprobs,
-)
+from r2vcal.serve.openai import CONVERSATION_HEADER, TOOL_ERROR_PATTERN
 from r2vcal.serve.server import (
     BackgroundServer,
     check_upstreams,
@@ -114,7 +110,3 @@ __all__ = [
     "run_in_thread",
     "run_server",
 ]
-
-# Kept for ``from r2vcal.serve import _choice_logprobs`` (tests/pipelines);
-# new code imports ``choice_logprobs`` from :mod:`r2vcal.serve.openai`.
-_choice_logprobs = choice_logprobs
