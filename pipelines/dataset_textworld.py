@@ -31,7 +31,6 @@ from pipelines.models import fingerprints
 __all__ = [
     "PRESET",
     "DatasetConfig",
-    "fingerprints",
     "main",
     "make_parser",
     "table_stats",
