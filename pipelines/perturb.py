@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from pipelines._wrapper import EnvWrapper
+
 __all__ = [
     "FAMILIES",
     "Distractor",
@@ -91,25 +93,30 @@ class Perturbation:
 
 # ----------------------------------------------------------------- flakiness
 @dataclass
-class ToolFailure(Perturbation):
-    """The tool call fails transiently; the action has no effect."""
+class _FailedCall(Perturbation):
+    """The tool call fails; the action has no effect and ``message`` is shown."""
 
-    name = "tool_failure"
     family = "tool_flakiness"
+    message = ""
 
     def intercept(self, action: str, rng: np.random.Generator) -> str | None:
-        return "Error: the tool call failed (transient error). Please retry."
+        return self.message
 
 
 @dataclass
-class ToolTimeout(Perturbation):
+class ToolFailure(_FailedCall):
+    """The tool call fails transiently; the action has no effect."""
+
+    name = "tool_failure"
+    message = "Error: the tool call failed (transient error). Please retry."
+
+
+@dataclass
+class ToolTimeout(_FailedCall):
     """The tool call times out; the action has no effect."""
 
     name = "tool_timeout"
-    family = "tool_flakiness"
-
-    def intercept(self, action: str, rng: np.random.Generator) -> str | None:
-        return "Error: the command timed out after 30 s. No output."
+    message = "Error: the command timed out after 30 s. No output."
 
 
 @dataclass
@@ -128,13 +135,19 @@ class StaleResult(Perturbation):
 
 # ------------------------------------------------------- partial observability
 @dataclass
-class Truncate(Perturbation):
+class _Hiding(Perturbation):
+    """Hides part of the observation, the first one included."""
+
+    family = "partial_observability"
+    on_reset = True
+
+
+@dataclass
+class Truncate(_Hiding):
     """Keep only the first ``keep`` fraction of the observation."""
 
     keep: float = 0.5
     name = "truncate"
-    family = "partial_observability"
-    on_reset = True
 
     def transform(
         self, obs: str, rng: np.random.Generator, ctx: dict[str, Any]
@@ -144,13 +157,11 @@ class Truncate(Perturbation):
 
 
 @dataclass
-class DropLines(Perturbation):
+class DropLines(_Hiding):
     """Drop each non-empty line with probability ``p_line`` (at least one)."""
 
     p_line: float = 0.3
     name = "drop_lines"
-    family = "partial_observability"
-    on_reset = True
 
     def transform(
         self, obs: str, rng: np.random.Generator, ctx: dict[str, Any]
@@ -166,13 +177,11 @@ class DropLines(Perturbation):
 
 
 @dataclass
-class Mask(Perturbation):
+class Mask(_Hiding):
     """Replace each word with ``[MASKED]`` with probability ``p_word``."""
 
     p_word: float = 0.15
     name = "mask"
-    family = "partial_observability"
-    on_reset = True
 
     def transform(
         self, obs: str, rng: np.random.Generator, ctx: dict[str, Any]
@@ -277,7 +286,7 @@ def make_family(family: str, rate: float = 0.2) -> list[Perturbation]:
     return [cls(rate=rate) for cls in FAMILIES[family]]
 
 
-class PerturbedEnv:
+class PerturbedEnv(EnvWrapper):
     """Wrap an environment with seeded perturbation operators.
 
     Parameters
@@ -316,19 +325,6 @@ class PerturbedEnv:
         self._seed = 0
         self._t = 0
         self._prev: str | None = None
-
-    def __getattr__(self, item: str) -> Any:
-        if item == "env":
-            raise AttributeError(item)
-        return getattr(self.env, item)
-
-    def tasks(self, split: str = "test") -> list[str]:
-        """Delegate to the wrapped environment."""
-        return self.env.tasks(split)
-
-    def expert_action(self) -> str | None:
-        """Delegate to the wrapped environment (the expert sees the true state)."""
-        return self.env.expert_action()
 
     def _rng(self, k: int) -> np.random.Generator:
         task_key = zlib.crc32(self._task.encode())

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipelines._wrapper import EnvWrapper
+
 __all__ = ["MemoEnv"]
 
 _Key = tuple[str, int, tuple[str, ...]]
 
 
-class MemoEnv:
+class MemoEnv(EnvWrapper):
     """Wrap a deterministic environment; serve repeated transitions from memory.
 
     Parameters
@@ -59,15 +61,6 @@ class MemoEnv:
         self._steps: dict[tuple[_Key, str], tuple[str, bool, bool, dict[str, Any]]] = {}
         self._expert: dict[_Key, str | None] = {}
         self._commands: dict[_Key, list[str]] = {}
-
-    def __getattr__(self, item: str) -> Any:
-        if item == "env":
-            raise AttributeError(item)
-        return getattr(self.env, item)
-
-    def tasks(self, split: str = "test") -> list[str]:
-        """Delegate to the wrapped environment."""
-        return self.env.tasks(split)
 
     # ----------------------------------------------------------- helpers
     def _here(self) -> _Key:

@@ -52,3 +52,13 @@ def test_interleaved_episodes_and_branches_match_the_plain_env(he_cache, max_ent
 def test_step_before_reset_names_the_problem(he_cache):
     with pytest.raises(RuntimeError, match="reset"):
         MemoEnv(_env(he_cache)).step("look")
+
+
+def test_other_attributes_pass_through(he_cache):
+    inner = _env(he_cache)
+    memo = MemoEnv(inner)
+    assert memo.name == inner.name == "humaneval"
+    assert memo.tasks("validation") == inner.tasks("validation")
+    assert memo.n_visible == inner.env.n_visible  # two wrappers deep
+    with pytest.raises(AttributeError):
+        memo.no_such_attribute

@@ -14,6 +14,7 @@ from pipelines.perturb import (
     PromptInjection,
     StaleResult,
     ToolFailure,
+    ToolTimeout,
     Truncate,
     make_family,
 )
@@ -103,3 +104,35 @@ def test_validation() -> None:
         make_family("weather")
     with pytest.raises(TypeError, match="Perturbation"):
         PerturbedEnv(object(), ["truncate"])
+
+
+def test_operator_families_and_reset_rules() -> None:
+    # Each operator's family and on_reset, as the wrapper reads them.
+    for family, classes in FAMILIES.items():
+        for cls in classes:
+            assert cls().family == family, cls
+    resetting = {cls.name for f in FAMILIES.values() for cls in f if cls.on_reset}
+    assert resetting == {"truncate", "drop_lines", "mask", "distractor"}
+
+
+def test_interceptors_show_their_message_and_transforms_do_not_intercept() -> None:
+    rng = np.random.default_rng(0)
+    assert ToolFailure().intercept("x", rng) == (
+        "Error: the tool call failed (transient error). Please retry."
+    )
+    assert ToolTimeout().intercept("x", rng) == (
+        "Error: the command timed out after 30 s. No output."
+    )
+    for op in make_family("all"):
+        if not isinstance(op, (ToolFailure, ToolTimeout)):
+            assert op.intercept("x", rng) is None, op.name
+
+
+def test_wrapper_passes_attributes_through(env) -> None:
+    penv = PerturbedEnv(env, [])
+    assert penv.tasks("train") == env.tasks("train")
+    assert penv.n_visible == env.n_visible
+    penv.reset("HumanEval/0", 0)
+    assert penv.expert_action() == env.expert_action()
+    with pytest.raises(AttributeError):
+        penv.no_such_attribute
