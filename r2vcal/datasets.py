@@ -23,8 +23,6 @@ __all__ = [
     "load_textworld_tiny",
 ]
 
-_MMLU_DIR = "mmlu_pro_cascade"
-_MMLU_FILE = "mmlu_pro_cascade.parquet"
 _MMLU_NON_FEATURES = (
     "question_id",
     "category",
@@ -115,31 +113,15 @@ def load_mmlu_pro_cascade(
     >>> round(float(ds.target.mean()), 3)
     0.254
     """
-    _check_flags("load_mmlu_pro_cascade", as_frame, return_X_y, return_groups)
-    rebuild = "python datasets/mmlu_pro_cascade/build.py"
-    frame, descr = _read_shipped(_MMLU_DIR, _MMLU_FILE, rebuild, data_home)
-    missing = [c for c in _MMLU_NON_FEATURES if c not in frame.columns]
-    if missing:
-        path = get_data_home(data_home) / _MMLU_DIR / _MMLU_FILE
-        raise ValueError(
-            f"The table at {path} is missing column(s) {missing}; rebuild it with "
-            f"'{rebuild}'."
-        )
-    feature_names = [c for c in frame.columns if c not in _MMLU_NON_FEATURES]
-    return _mmlu_bunch(frame, feature_names, descr, as_frame, return_X_y, return_groups)
-
-
-_AGREE_DIR = "mmlu_pro_agreement"
-_AGREE_FILE = "mmlu_pro_agreement.parquet"
-_AGREE_FEATURES = [
-    "top_share",
-    "margin",
-    "answer_entropy",
-    "n_distinct",
-    "none_share",
-    "lead_agrees",
-    "all_agree",
-]
+    return _load_mmlu(
+        "load_mmlu_pro_cascade",
+        "mmlu_pro_cascade",
+        _MMLU_NON_FEATURES,
+        as_frame=as_frame,
+        return_X_y=return_X_y,
+        return_groups=return_groups,
+        data_home=data_home,
+    )
 
 
 def load_mmlu_pro_agreement(
@@ -176,30 +158,44 @@ def load_mmlu_pro_agreement(
     >>> ds.data.shape, len(set(ds.groups))
     ((12032, 7), 14)
     """
-    _check_flags("load_mmlu_pro_agreement", as_frame, return_X_y, return_groups)
-    frame, descr = _read_shipped(
-        _AGREE_DIR,
-        _AGREE_FILE,
-        "python datasets/mmlu_pro_agreement/build.py",
-        data_home,
-    )
-    return _mmlu_bunch(
-        frame, list(_AGREE_FEATURES), descr, as_frame, return_X_y, return_groups
+    return _load_mmlu(
+        "load_mmlu_pro_agreement",
+        "mmlu_pro_agreement",
+        tuple(c for c in _MMLU_NON_FEATURES if c != "src"),
+        as_frame=as_frame,
+        return_X_y=return_X_y,
+        return_groups=return_groups,
+        data_home=data_home,
     )
 
 
-def _mmlu_bunch(
-    frame: pd.DataFrame,
-    feature_names: list[str],
-    descr: str,
+def _load_mmlu(
+    caller: str,
+    dirname: str,
+    non_features: tuple[str, ...],
+    *,
     as_frame: bool,
     return_X_y: bool,
     return_groups: bool,
+    data_home: Any,
 ) -> Any:
-    """:func:`_bunch` of an MMLU-Pro table (target ``y``, groups = categories)."""
+    """The shared body of the MMLU-Pro loaders: ``<dirname>/<dirname>.parquet``
+    built by ``datasets/<dirname>/build.py``; every column not in
+    ``non_features`` is a feature, in the table's order."""
+    _check_flags(caller, as_frame, return_X_y, return_groups)
+    rebuild = f"python datasets/{dirname}/build.py"
+    filename = f"{dirname}.parquet"
+    frame, descr = _read_shipped(dirname, filename, rebuild, data_home)
+    missing = [c for c in non_features if c not in frame.columns]
+    if missing:
+        path = get_data_home(data_home) / dirname / filename
+        raise ValueError(
+            f"The table at {path} is missing column(s) {missing}; rebuild it with "
+            f"'{rebuild}'."
+        )
     return _bunch(
         frame,
-        feature_names,
+        [c for c in frame.columns if c not in non_features],
         target="y",
         group="category",
         slm="slm_correct",
