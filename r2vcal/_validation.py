@@ -15,6 +15,7 @@ import numbers
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from numpy.typing import NDArray
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "check_prob",
     "check_weight",
     "fmt_choices",
+    "group_codes",
 ]
 
 STRATEGIES = frozenset({"uniform", "quantile"})
@@ -117,6 +119,27 @@ def as_1d(x: Any, name: str, caller: str, dtype: Any = np.float64) -> NDArray[An
             f"shape {arr.shape}."
         )
     return arr
+
+
+def group_codes(
+    groups: Any, n: int, caller: str, *, sort: bool = False
+) -> tuple[NDArray[np.intp], pd.Index]:
+    """Integer code of each sample's group and the group labels.
+
+    ``groups`` must be 1-D with ``n`` labels and no missing values; codes
+    number the labels in order of appearance, or in sorted order with
+    ``sort=True`` (:func:`pandas.factorize`).
+    """
+    g = np.asarray(groups, dtype=object)
+    if g.ndim != 1 or g.shape[0] != n:
+        raise ValueError(
+            f"{caller}: groups must be 1-D with one label per sample ({n}); "
+            f"got shape {g.shape}."
+        )
+    codes, labels = pd.factorize(pd.Series(list(g)), sort=sort)
+    if np.any(codes < 0):
+        raise ValueError(f"{caller}: groups contains missing values (NaN/None).")
+    return codes, labels
 
 
 def _nonempty_1d(x: Any, name: str, caller: str) -> FloatArray:

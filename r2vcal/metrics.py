@@ -41,6 +41,7 @@ from r2vcal._validation import (
     check_float,
     check_inputs,
     check_int,
+    group_codes,
 )
 
 __all__ = [
@@ -718,15 +719,7 @@ def group_metrics(
 def _group_members(
     groups: Any, n: int
 ) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]:
-    g_arr = np.asarray(groups, dtype=object)
-    if g_arr.ndim != 1 or g_arr.shape[0] != n:
-        raise ValueError(
-            f"bootstrap_ci: groups must be 1-D with one label per sample ({n}); "
-            f"got shape {g_arr.shape}."
-        )
-    codes, _ = pd.factorize(pd.Series(list(g_arr)))
-    if np.any(codes < 0):
-        raise ValueError("bootstrap_ci: groups contains missing values (NaN/None).")
+    codes, _ = group_codes(groups, n, "bootstrap_ci")
     order = np.argsort(codes, kind="stable").astype(np.intp)
     sizes = np.bincount(codes).astype(np.intp)
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.intp)

@@ -30,6 +30,7 @@ from r2vcal._validation import (
     check_inputs,
     check_int,
     check_labels,
+    group_codes,
 )
 from r2vcal.metrics import (
     bootstrap_ci,
@@ -898,15 +899,7 @@ class GroupDisplay:
             p = np.zeros_like(y)
         else:
             y, p, _ = check_inputs(y_true, y_prob, None, caller)
-        g = np.asarray(groups, dtype=object)
-        if g.ndim != 1 or g.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"{caller}: groups must be 1-D with one label per sample "
-                f"({y.shape[0]}); got shape {g.shape}."
-            )
-        codes, labels = pd.factorize(pd.Series(list(g)), sort=True)
-        if np.any(codes < 0):
-            raise ValueError(f"{caller}: groups contains missing values (NaN/None).")
+        codes, labels = group_codes(groups, y.shape[0], caller, sort=True)
         rng = np.random.default_rng(random_state)
         vals, lows, highs = [], [], []
         for k in range(len(labels)):

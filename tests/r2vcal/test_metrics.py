@@ -657,3 +657,22 @@ def test_bootstrap_nan_policy_omit_drops_undefined_resamples():
         bootstrap_ci(auroc, y, s, n_resamples=50, random_state=0)
     ci = bootstrap_ci(auroc, y, s, n_resamples=50, random_state=0, nan_policy="omit")
     assert 0 <= ci.low <= ci.high <= 1
+
+
+def test_bootstrap_ci_checks_groups_with_shared_group_codes():
+    # the checks of r2vcal._validation.group_codes, shared with GroupDisplay
+    y, p = [0, 1, 0, 1], [0.2, 0.8, 0.3, 0.6]
+    with pytest.raises(
+        ValueError,
+        match=r"bootstrap_ci: groups must be 1-D with one label per sample \(4\); "
+        r"got shape \(2,\)\.",
+    ):
+        bootstrap_ci(brier_score_loss, y, p, groups=[0, 1], n_resamples=5)
+    with pytest.raises(
+        ValueError, match=r"bootstrap_ci: groups contains missing values \(NaN/None\)"
+    ):
+        bootstrap_ci(brier_score_loss, y, p, groups=[0, None, 1, 1], n_resamples=5)
+    ci = bootstrap_ci(
+        brier_score_loss, y, p, groups=["b", "a", "b", "a"], n_resamples=5
+    )
+    assert ci.low <= ci.estimate <= ci.high
