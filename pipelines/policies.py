@@ -758,9 +758,8 @@ class AdmissibleScoringPolicy:
         list of Candidate
             Best first.
         """
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"The 'k' parameter must be an int >= 1; got {k!r}.")
+        k = _check_k(k)
         uniq = sorted({c.strip() for c in commands if c.strip()})
         cands = self.score(context, uniq)
         cands.sort(key=lambda c: (-c.sum_logprob, c.text))
-        return cands[: int(k)]
+        return cands[:k]

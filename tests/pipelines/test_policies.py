@@ -289,3 +289,15 @@ def test_entropy_is_the_same_locally_and_behind_a_server(tiny_lm) -> None:
     )
     # the skew this prevents: a full-vocabulary entropy is far from the served one
     assert np.abs(full.token_entropies[:n] - served.token_entropies[:n]).max() > 0.05
+
+
+def test_admissible_scoring_checks_k_like_every_policy(tiny_lm) -> None:
+    from pipelines.policies import AdmissibleScoringPolicy
+
+    model, tok = tiny_lm
+    pol = AdmissibleScoringPolicy(model, tok)
+    cmds = ["go north", "open the door", "look"]
+    assert len(pol.propose("go", np.int64(2), commands=cmds)) == 2
+    for bad in (0, 1.5, "2"):
+        with pytest.raises(ValueError, match="The 'k' parameter must be an int >= 1"):
+            pol.propose("go", bad, commands=cmds)
