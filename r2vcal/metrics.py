@@ -363,20 +363,10 @@ def smooth_calibration_error(
     0.2
     """
     caller = "smooth_calibration_error"
-    if isinstance(bandwidth, str):
-        if bandwidth != "auto":
-            raise ValueError(
-                f"The 'bandwidth' parameter of {caller} must be 'auto' or a float "
-                f"in the range [0.001, inf). Got {bandwidth!r} instead."
-            )
-        sigma: float | None = None
-    else:
-        if isinstance(bandwidth, bool) or not isinstance(bandwidth, numbers.Real):
-            raise ValueError(
-                f"The 'bandwidth' parameter of {caller} must be 'auto' or a float "
-                f"in the range [0.001, inf). Got {bandwidth!r} instead."
-            )
-        sigma = float(bandwidth)
+    sigma: float | None = None
+    if not (isinstance(bandwidth, str) and bandwidth == "auto"):
+        real = isinstance(bandwidth, numbers.Real) and not isinstance(bandwidth, bool)
+        sigma = float(bandwidth) if real else np.nan
         if not (np.isfinite(sigma) and sigma >= 1e-3):
             raise ValueError(
                 f"The 'bandwidth' parameter of {caller} must be 'auto' or a float "
