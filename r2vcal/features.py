@@ -394,29 +394,38 @@ def _ragged_2d(column: pd.Series, name: str, *, numeric: bool) -> Any:
     return pa.FixedSizeListArray.from_arrays(leaf, k)
 
 
-def _ragged_3d(column: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray, int]:
+def _token_sequences(
+    column: pd.Series, name: str
+) -> tuple[int, int, np.ndarray, pa.Array]:
+    """Steps ``n``, candidates per step ``k``, tokens per candidate (flat, of
+    length ``n * k``) and the Arrow array of the tokens of a list-of-K-token-
+    sequences column."""
     arr = _to_arrow(column, name)
-    n = len(arr)
     k_per_step, cand = _list_level(arr, name, "a list of K token sequences per step")
     k = _constant_k(k_per_step, name)
-    tok_len, leaf = _list_level(cand, name, "one token sequence per candidate")
+    tok_len, tokens = _list_level(cand, name, "one token sequence per candidate")
+    return len(arr), k, tok_len, tokens
+
+
+def _pad_width(lengths: np.ndarray) -> int:
+    """The longest of ``lengths``, at least 1 (the width of a padded array)."""
+    return max(int(lengths.max()) if lengths.size else 0, 1)
+
+
+def _ragged_3d(column: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray, int]:
+    n, k, tok_len, leaf = _token_sequences(column, name)
     flat = _leaf_numeric(leaf, name)
-    width = int(tok_len.max()) if tok_len.size else 0
-    padded = _scatter_pad(flat, tok_len, max(width, 1), 0.0)
+    padded = _scatter_pad(flat, tok_len, _pad_width(tok_len), 0.0)
     return padded.reshape(n, k, -1), tok_len.reshape(n, k), k
 
 
 def _ragged_4d(column: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray, int]:
-    arr = _to_arrow(column, name)
-    n = len(arr)
-    k_per_step, cand = _list_level(arr, name, "a list of K token sequences per step")
-    k = _constant_k(k_per_step, name)
-    tok_len, tokens = _list_level(cand, name, "one token sequence per candidate")
+    n, k, tok_len, tokens = _token_sequences(column, name)
     top_len, leaf = _list_level(tokens, name, "one list of top-k log-probs per token")
     flat = _leaf_numeric(leaf, name)
-    width_k = max(int(top_len.max()) if top_len.size else 0, 1)
+    width_k = _pad_width(top_len)
     per_token = _scatter_pad(flat, top_len, width_k, -np.inf)  # (n_tokens, k_top)
-    width_t = max(int(tok_len.max()) if tok_len.size else 0, 1)
+    width_t = _pad_width(tok_len)
     out = np.full((tok_len.size, width_t, width_k), -np.inf)
     if per_token.shape[0]:
         rows = np.repeat(np.arange(tok_len.size), tok_len)
