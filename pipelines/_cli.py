@@ -12,7 +12,11 @@ way TRL's ``HfArgumentParser`` does:
 * the help text is the field's entry in the numpy docstring's Parameters
   section;
 * the parser's defaults are the dataclass defaults, a field without default
-  is a required option.
+  is a required option;
+* a field whose type is itself a dataclass (``prompt: PromptConfig``) is
+  flattened: each of its fields is an option of its own (``--n-turns``), with
+  the help text of the nested dataclass's docstring, and
+  :func:`config_from_args` builds the nested config from them.
 
 ``overrides`` adds or replaces :meth:`argparse.ArgumentParser.add_argument`
 keywords per field (``choices``, ``nargs``, ``required``, ``help``), and its
@@ -22,6 +26,7 @@ keywords per field (``choices``, ``nargs``, ``required``, ``help``), and its
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import re
@@ -43,8 +48,25 @@ _HEADER = re.compile(r"^(?P<names>[A-Za-z_][\w, ]*?)(?:\s*:\s*(?P<type>.*))?$")
 
 
 def config_from_args(args: argparse.Namespace, cls: type) -> Any:
-    """Build a config dataclass from parsed args, skipping unset (``None``) ones."""
-    return cls(**{k: v for k, v in vars(args).items() if v is not None})
+    """Build a config dataclass from parsed args, skipping unset (``None``) ones.
+
+    An option of a nested dataclass field arrives as ``"<field>.<name>"``
+    (see :func:`config_parser`); those are gathered into that field's config.
+    """
+    values: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in vars(args).items():
+        if value is None:
+            continue
+        outer, dot, inner = key.partition(".")
+        if dot:
+            nested.setdefault(outer, {})[inner] = value
+        else:
+            values[key] = value
+    hints = typing.get_type_hints(cls)
+    for outer, kwargs in nested.items():
+        values[outer] = _unwrap_optional(hints[outer])(**kwargs)
+    return cls(**values)
 
 
 def parse_config(
@@ -240,11 +262,37 @@ def config_parser(
     helps = docstring_parameters(cls.__doc__)
     parser = argparse.ArgumentParser(description=description)
     for name in names:
+        tp = _unwrap_optional(hints[name])
+        if dataclasses.is_dataclass(tp):  # flattened: one option per inner field
+            _add_nested(parser, by_name[name], tp)
+            continue
         kw = _argument(by_name[name], hints[name], helps.get(name))
         kw.update(overrides.get(name, {}))
         flag = kw.pop("flag")
         parser.add_argument(flag, **kw)
     return parser
+
+
+def _add_nested(
+    parser: argparse.ArgumentParser, outer: dataclasses.Field, tp: type
+) -> None:
+    """Options for the fields of ``outer``'s dataclass ``tp`` (dest ``outer.field``).
+
+    Their defaults are those of ``outer``'s default instance.
+    """
+    hints = typing.get_type_hints(tp)
+    helps = docstring_parameters(tp.__doc__)
+    default = _default(outer)
+    for inner in dataclasses.fields(tp):
+        if dataclasses.is_dataclass(default):
+            inner = copy.copy(inner)
+            inner.default = getattr(default, inner.name)
+            inner.default_factory = dataclasses.MISSING
+        kw = _argument(inner, hints[inner.name], helps.get(inner.name))
+        kw["dest"] = f"{outer.name}.{inner.name}"
+        if "action" not in kw:
+            kw["metavar"] = inner.name.upper()
+        parser.add_argument(kw.pop("flag"), **kw)
 
 
 def run_cli(

@@ -36,6 +36,7 @@ from pipelines.prompting import (
     ACTION_CUE,
     HISTORY_CUE,
     PROMPT_DEFAULTS,
+    PromptConfig,
     clean_text,
     format_prompt,
     prompt_kwargs_of,
@@ -47,6 +48,7 @@ __all__ = [
     "HISTORY_CUE",
     "PROMPT_DEFAULTS",
     "BCConfig",
+    "PromptConfig",
     "build_examples",
     "clean_text",
     "config_from_args",
@@ -74,8 +76,9 @@ class BCConfig:
         Tiny-model dimensions (used when ``model`` is None).
     only_successful : bool
         Clone only won teacher episodes.
-    n_turns, n_actions, max_goal_chars, max_obs_chars, drop_prompt_lines
-        Prompt template (:func:`format_prompt`; defaults :data:`PROMPT_DEFAULTS`).
+    prompt : PromptConfig
+        The prompt template (:func:`pipelines.prompting.format_prompt`); on the
+        command line, one option per field (``--n-turns``, ...).
     max_steps : int
         Optimizer steps.
     batch_size : int
@@ -99,11 +102,7 @@ class BCConfig:
     n_heads: int = 4
     max_position_embeddings: int = 1024
     only_successful: bool = True
-    n_turns: int = PROMPT_DEFAULTS["n_turns"]
-    n_actions: int = PROMPT_DEFAULTS["n_actions"]
-    max_goal_chars: int = PROMPT_DEFAULTS["max_goal_chars"]
-    max_obs_chars: int = PROMPT_DEFAULTS["max_obs_chars"]
-    drop_prompt_lines: bool = PROMPT_DEFAULTS["drop_prompt_lines"]
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     max_steps: int = 300
     batch_size: int = 8
     learning_rate: float = 2e-3
@@ -145,6 +144,8 @@ def main(cfg: BCConfig) -> dict[str, Any]:
     Parameters
     ----------
     cfg : BCConfig
+        The teacher trajectories to clone, the model to build or fine-tune,
+        the prompt template and the trainer's settings.
 
     Returns
     -------
@@ -167,7 +168,7 @@ def main(cfg: BCConfig) -> dict[str, Any]:
     examples = build_examples(
         records,
         only_successful=cfg.only_successful,
-        **prompt_kwargs_of(cfg),
+        **cfg.prompt.kwargs(),
     )
     if not examples:
         raise ValueError(
@@ -265,10 +266,7 @@ _CLI_FIELDS = (
     "n_heads",
     "max_position_embeddings",
     "only_successful",
-    "n_turns",
-    "n_actions",
-    "max_goal_chars",
-    "max_obs_chars",
+    "prompt",
     "max_steps",
     "batch_size",
     "learning_rate",

@@ -78,6 +78,7 @@ def main(cfg: CheckHumanEvalConfig) -> dict[str, Any]:
     Parameters
     ----------
     cfg : CheckHumanEvalConfig
+        Where the problems are, how many to check, and the sandbox settings.
 
     Returns
     -------

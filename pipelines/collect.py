@@ -231,6 +231,8 @@ def main(cfg: CollectConfig) -> dict[str, Any]:
     Parameters
     ----------
     cfg : CollectConfig
+        The environment, its tasks and seeds, the perturbations, and the
+        JSONL file to append to.
 
     Returns
     -------

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from pipelines._cli import config_parser, run_cli
-from pipelines.prompting import HISTORY_CUE, PROMPT_DEFAULTS, prompt_kwargs_of
+from pipelines.prompting import HISTORY_CUE, PromptConfig
 from pipelines.trajectories import build_examples, read_trajectories
 
 __all__ = [
@@ -338,8 +338,9 @@ class DPOConfigR2V:
         ``a⁺`` is always the teacher's action (see :func:`build_preference_pairs`).
     k, temperature, max_new_tokens : SLM sampling.
     max_steps, batch_size, learning_rate, seed, max_length : training.
-    n_turns, n_actions, max_goal_chars, max_obs_chars, drop_prompt_lines
-        Prompt template (as in BC).
+    prompt : PromptConfig
+        The prompt template (:func:`pipelines.prompting.format_prompt`); on the
+        command line, one option per field (``--n-turns``, ...).
     progress : bool
         Show progress bars (pair building, training).
     """
@@ -364,11 +365,7 @@ class DPOConfigR2V:
     learning_rate: float = 5e-4
     seed: int = 0
     max_length: int = 1024
-    n_turns: int = PROMPT_DEFAULTS["n_turns"]
-    n_actions: int = PROMPT_DEFAULTS["n_actions"]
-    max_goal_chars: int = PROMPT_DEFAULTS["max_goal_chars"]
-    max_obs_chars: int = PROMPT_DEFAULTS["max_obs_chars"]
-    drop_prompt_lines: bool = PROMPT_DEFAULTS["drop_prompt_lines"]
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     progress: bool = False
 
 
@@ -378,6 +375,8 @@ def main(cfg: DPOConfigR2V) -> dict[str, Any]:
     Parameters
     ----------
     cfg : DPOConfigR2V
+        The BC model to start from, the verifier that ranks its candidates,
+        the losses' weights and the trainer's settings.
 
     Returns
     -------
@@ -449,7 +448,7 @@ def _training_pairs(cfg: DPOConfigR2V) -> tuple[list[dict[str, Any]], list[Any]]
     from pipelines.agent import SLMAgent
 
     examples = build_examples(
-        read_trajectories(cfg.trajectories), **prompt_kwargs_of(cfg)
+        read_trajectories(cfg.trajectories), **cfg.prompt.kwargs()
     )
     rng = np.random.default_rng(cfg.seed)
     if cfg.max_pairs is not None and len(examples) > cfg.max_pairs:
@@ -511,6 +510,7 @@ _CLI_FIELDS = (
     "batch_size",
     "learning_rate",
     "seed",
+    "prompt",
 )
 
 

@@ -152,18 +152,34 @@ def format_prompt(
 
 
 def prompt_kwargs_of(cfg: Any) -> dict[str, Any]:
-    """The :func:`format_prompt` keyword arguments held by a config object.
+    """The :func:`format_prompt` keyword arguments held by a config.
 
     Parameters
     ----------
     cfg : dataclass or dict
-        Any config with the fields of :data:`PROMPT_DEFAULTS`.
+        A config that nests a :class:`PromptConfig` as ``prompt`` (or its
+        :func:`~dataclasses.asdict`), or a flat dict with the fields of
+        :data:`PROMPT_DEFAULTS` (``run_summary.json``'s ``prompt_kwargs``);
+        missing fields take their defaults.
 
     Returns
     -------
     dict
+
+    Examples
+    --------
+    >>> prompt_kwargs_of({"prompt": {"n_turns": 2}})["n_turns"]
+    2
+    >>> prompt_kwargs_of({"n_turns": 3}) == {**PROMPT_DEFAULTS, "n_turns": 3}
+    True
     """
-    get = cfg.get if isinstance(cfg, dict) else lambda k, d: getattr(cfg, k, d)
+    if isinstance(cfg, dict):
+        inner = cfg.get("prompt", cfg)
+    else:
+        inner = getattr(cfg, "prompt", cfg)
+    if isinstance(inner, PromptConfig):
+        return inner.kwargs()
+    get = inner.get if isinstance(inner, dict) else lambda k, d: getattr(inner, k, d)
     return {k: get(k, v) for k, v in PROMPT_DEFAULTS.items()}
 
 

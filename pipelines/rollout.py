@@ -51,7 +51,7 @@ from pipelines._cli import config_parser, run_cli
 from pipelines.agent import POLICIES, SLMAgent, agent_decide, build_agent
 from pipelines.envs import make_env, shared_env
 from pipelines.labels import counterfactual_label, label_confusion, verifier_label
-from pipelines.prompting import PROMPT_DEFAULTS, format_prompt, prompt_kwargs_of
+from pipelines.prompting import PromptConfig, format_prompt, prompt_kwargs_of
 from r2vcal.cascade import SELECT_RULES
 
 __all__ = [
@@ -355,8 +355,9 @@ class RolloutConfig:
     counterfactual : bool
         Compute counterfactual labels (one branch per step where the teacher
         disagrees with the SLM).
-    n_turns, n_actions, max_goal_chars, max_obs_chars, drop_prompt_lines
-        Prompt template (must match BC).
+    prompt : PromptConfig
+        The prompt template (:func:`pipelines.prompting.format_prompt`); on the
+        command line, one option per field (``--n-turns``, ...).
     n_jobs : int
     backend : str or None
         ``joblib`` backend (``loky``; ``dask``/``ray`` on a cluster).
@@ -384,11 +385,7 @@ class RolloutConfig:
     sample_seed: int = 0
     label_margin: float = 0.0
     counterfactual: bool = True
-    n_turns: int = PROMPT_DEFAULTS["n_turns"]
-    n_actions: int = PROMPT_DEFAULTS["n_actions"]
-    max_goal_chars: int = PROMPT_DEFAULTS["max_goal_chars"]
-    max_obs_chars: int = PROMPT_DEFAULTS["max_obs_chars"]
-    drop_prompt_lines: bool = PROMPT_DEFAULTS["drop_prompt_lines"]
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     n_jobs: int = 1
     backend: str | None = "loky"
     progress: bool = False
@@ -433,6 +430,8 @@ def main(cfg: RolloutConfig) -> dict[str, Any]:
     Parameters
     ----------
     cfg : RolloutConfig
+        The SLM and verifier to roll out, the episodes to play, the
+        labelling rule and the Parquet table to write.
 
     Returns
     -------
@@ -522,6 +521,7 @@ _CLI_FIELDS = (
     "max_new_tokens",
     "label_margin",
     "counterfactual",
+    "prompt",
     "n_jobs",
     "backend",
 )

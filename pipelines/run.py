@@ -55,7 +55,7 @@ import numpy as np
 from pipelines._cli import config_parser, run_cli
 from pipelines.agent import POLICIES
 from pipelines.labels import label_confusion
-from pipelines.prompting import PROMPT_DEFAULTS, prompt_kwargs_of
+from pipelines.prompting import PromptConfig
 from r2vcal.cascade import SELECT_RULES
 
 __all__ = ["STAGES", "RunConfig", "Stage", "main", "make_parser", "success_summary"]
@@ -121,8 +121,9 @@ class RunConfig:
         SLM sampling temperature.
     max_new_tokens : int
         Longest candidate (tokens).
-    n_turns, n_actions, max_goal_chars, max_obs_chars, drop_prompt_lines
-        Prompt template (:func:`pipelines.prompting.format_prompt`).
+    prompt : PromptConfig
+        The prompt template (:func:`pipelines.prompting.format_prompt`); on the
+        command line, one option per field (``--n-turns``, ...).
     n_jobs : int
         Parallel rollout workers.
     torch_threads : int or None
@@ -165,11 +166,7 @@ class RunConfig:
     k: int = 5
     temperature: float = 0.5
     max_new_tokens: int = 12
-    n_turns: int = PROMPT_DEFAULTS["n_turns"]
-    n_actions: int = PROMPT_DEFAULTS["n_actions"]
-    max_goal_chars: int = PROMPT_DEFAULTS["max_goal_chars"]
-    max_obs_chars: int = PROMPT_DEFAULTS["max_obs_chars"]
-    drop_prompt_lines: bool = PROMPT_DEFAULTS["drop_prompt_lines"]
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     n_jobs: int = 2
     torch_threads: int | None = 1
     n_resamples: int = 1000
@@ -271,7 +268,7 @@ def _initial_summary(cfg: RunConfig, out: Path) -> dict[str, Any]:
         "select": cfg.select,
         "temperature": cfg.temperature,
         "max_new_tokens": cfg.max_new_tokens,
-        "prompt_kwargs": prompt_kwargs_of(cfg),
+        "prompt_kwargs": cfg.prompt.kwargs(),
         "train_seeds": list(range(cfg.n_train_seeds)),
         "router_seeds": [_ROUTER_SEED0 + i for i in range(cfg.n_router_seeds)],
         "test_seeds": [_TEST_SEED0 + i for i in range(cfg.n_test_seeds)],
@@ -300,7 +297,6 @@ class _Chain:
         self.summary = _initial_summary(cfg, self.out)
         self.art: dict[str, Any] = self.summary["artifacts"]
         self.env_kwargs: dict[str, Any] = self.summary["env_kwargs"]
-        self.pk: dict[str, Any] = self.summary["prompt_kwargs"]
         self.traj = self.out / "train.jsonl"
         self.other: Path | None = None  # the policy not frozen (with DPO)
 
@@ -349,7 +345,7 @@ class _Chain:
                 counterfactual=cf,
                 n_jobs=cfg.n_jobs,
                 progress=cfg.verbose,
-                **self.pk,
+                prompt=self.cfg.prompt,
             )
         )
 
@@ -403,7 +399,7 @@ def _bc(ch: _Chain) -> dict[str, Any]:
             learning_rate=cfg.bc_learning_rate,
             logging_steps=max(1, cfg.bc_steps // 4),
             progress=cfg.verbose,
-            **ch.pk,
+            prompt=cfg.prompt,
         )
     )
 
@@ -421,7 +417,7 @@ def _verifier(ch: _Chain) -> dict[str, Any]:
             slm_max_contexts=cfg.verifier_contexts,
             slm_temperature=cfg.temperature,
             slm_max_new_tokens=cfg.max_new_tokens,
-            **ch.pk,
+            prompt=cfg.prompt,
         )
     )
 
@@ -445,7 +441,7 @@ def _dpo(ch: _Chain) -> dict[str, Any]:
             max_steps=cfg.dpo_steps,
             learning_rate=cfg.dpo_learning_rate,
             progress=cfg.verbose,
-            **ch.pk,
+            prompt=cfg.prompt,
         )
     )
 
@@ -616,6 +612,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     Parameters
     ----------
     cfg : RunConfig
+        The sizes of every stage of the chain and the folder it writes.
 
     Returns
     -------
@@ -680,6 +677,7 @@ _CLI_FIELDS = (
     "k",
     "temperature",
     "max_new_tokens",
+    "prompt",
     "n_jobs",
     "torch_threads",
     "verbose",

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from pipelines._cli import config_parser, run_cli
-from pipelines.prompting import PROMPT_DEFAULTS, prompt_kwargs_of
+from pipelines.prompting import PromptConfig
 from pipelines.trajectories import build_examples, read_trajectories
 from pipelines.verifier_model import ENCODERS, Verifier, load_minilm
 
@@ -207,8 +207,9 @@ class VerifierConfig:
         Fraction of tasks held out for evaluation.
     refit_full : bool
         After evaluation, refit the head on every labelled pair.
-    n_turns, n_actions, max_goal_chars, max_obs_chars, drop_prompt_lines
-        Prompt template (:func:`pipelines.prompting.format_prompt`).
+    prompt : PromptConfig
+        The prompt template (:func:`pipelines.prompting.format_prompt`); on the
+        command line, one option per field (``--n-turns``, ...).
     n_bins : int
         ECE bins.
     seed : int
@@ -226,11 +227,7 @@ class VerifierConfig:
     slm_max_new_tokens: int = 12
     test_fraction: float = 0.3
     refit_full: bool = True
-    n_turns: int = PROMPT_DEFAULTS["n_turns"]
-    n_actions: int = PROMPT_DEFAULTS["n_actions"]
-    max_goal_chars: int = PROMPT_DEFAULTS["max_goal_chars"]
-    max_obs_chars: int = PROMPT_DEFAULTS["max_obs_chars"]
-    drop_prompt_lines: bool = PROMPT_DEFAULTS["drop_prompt_lines"]
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     n_bins: int = 10
     seed: int = 0
 
@@ -289,6 +286,7 @@ def main(cfg: VerifierConfig) -> dict[str, Any]:
     Parameters
     ----------
     cfg : VerifierConfig
+        The trajectories to label, the encoder and the classifier's settings.
 
     Returns
     -------
@@ -365,7 +363,7 @@ def _labelled_rows(cfg: VerifierConfig) -> tuple[list[dict[str, Any]], int]:
     Returns the rows and how many of them (the first ones) are plan labels.
     """
     records = read_trajectories(cfg.trajectories)
-    pk = prompt_kwargs_of(cfg)
+    pk = cfg.prompt.kwargs()
     rows = build_step_labels(records, n_negatives=cfg.n_negatives, seed=cfg.seed, **pk)
     if not rows:
         raise ValueError("no labelled steps: the trajectories have no won episode.")
@@ -454,6 +452,7 @@ _CLI_FIELDS = (
     "test_fraction",
     "refit_full",
     "seed",
+    "prompt",
 )
 
 

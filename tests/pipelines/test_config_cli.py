@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
 import pytest
 
-from pipelines import bc, collect, demo, evaluate, run, verifier
+from pipelines import bc, collect, demo, dpo, evaluate, rollout, run, verifier
 from pipelines._cli import config_parser, docstring_parameters, parse_config, run_cli
+from pipelines.prompting import PromptConfig, prompt_kwargs_of
 
 
 @dataclass
@@ -105,3 +107,60 @@ def test_run_cli_prints_json(monkeypatch, capsys) -> None:
 def test_pipeline_parsers_keep_their_flags(module, flags) -> None:
     usage = module.make_parser().format_usage()
     assert all(f"[{flag}" in usage or f" {flag} " in usage for flag in flags)
+
+
+@dataclass
+class _Inner:
+    """Parameters
+    ----------
+    width : int
+        Columns.
+    strict : bool
+        Fail on wide rows.
+    """
+
+    width: int = 10
+    strict: bool = True
+
+
+@dataclass
+class _Outer:
+    """Parameters
+    ----------
+    name : str
+    inner : _Inner
+        The nested settings.
+    """
+
+    name: str = "a"
+    inner: _Inner = field(default_factory=lambda: _Inner(width=20, strict=False))
+
+
+def test_a_nested_dataclass_is_flattened_into_options(capsys) -> None:
+    p = config_parser(_Outer, "demo")
+    # defaults come from the outer field's default instance, not the inner class
+    assert parse_config(p, _Outer, []) == _Outer()
+    cfg = parse_config(p, _Outer, ["--width", "5", "--strict"])
+    assert cfg == _Outer(inner=_Inner(width=5, strict=True))
+    with pytest.raises(SystemExit):
+        p.parse_args(["--help"])
+    assert "Columns." in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("module", "cls", "required"),
+    [
+        (bc, bc.BCConfig, ["--trajectories", "t.jsonl"]),
+        (verifier, verifier.VerifierConfig, ["--trajectories", "t.jsonl"]),
+        (dpo, dpo.DPOConfigR2V, ["--trajectories", "t.jsonl"]),
+        (rollout, rollout.RolloutConfig, []),
+        (run, run.RunConfig, []),
+    ],
+)
+def test_every_step_takes_the_prompt_options(module, cls, required) -> None:
+    argv = ["--n-turns", "3", "--max-obs-chars", "50", "--no-drop-prompt-lines"]
+    cfg = parse_config(module.make_parser(), cls, [*required, *argv])
+    want = PromptConfig(n_turns=3, max_obs_chars=50, drop_prompt_lines=False)
+    assert cfg.prompt == want
+    assert prompt_kwargs_of(cfg) == prompt_kwargs_of(dataclasses.asdict(cfg))
+    assert prompt_kwargs_of(cfg) == want.kwargs()

@@ -61,7 +61,7 @@ def test_summary_contract(run) -> None:
     assert s["rate"] == cfg.rate and s["families"] == ["all"]
     assert s["test_seeds"] == [1000, 1001] and s["router_seeds"] == [500]
     assert s["k"] == 3 and s["max_steps"] == 6
-    assert s["prompt_kwargs"]["n_turns"] == cfg.n_turns
+    assert s["prompt_kwargs"]["n_turns"] == cfg.prompt.n_turns
     on_disk = json.loads((Path(cfg.out) / "run_summary.json").read_text())
     assert on_disk["artifacts"] == s["artifacts"]
     steps = ("games", "collect", "bc", "verifier", "dpo", "rollout_router")
