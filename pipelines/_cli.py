@@ -18,9 +18,11 @@ way TRL's ``HfArgumentParser`` does:
   the help text of the nested dataclass's docstring, and
   :func:`config_from_args` builds the nested config from them.
 
-``overrides`` adds or replaces :meth:`argparse.ArgumentParser.add_argument`
-keywords per field (``choices``, ``nargs``, ``required``, ``help``), and its
-``"flag"`` key renames the option (``--quiet`` for ``verbose``).
+A field's own :func:`cli_options` (its ``metadata``) add or replace
+:meth:`argparse.ArgumentParser.add_argument` keywords (``choices``, ``nargs``,
+``required``, ``help``), and their ``flag`` renames the option (``--quiet``
+for ``verbose``), as the ``metadata`` of Hugging Face's ``HfArgumentParser``
+does; ``config_parser(overrides=...)`` does the same from outside the class.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "cli_options",
     "config_from_args",
     "config_parser",
     "docstring_parameters",
@@ -45,6 +48,32 @@ __all__ = [
 
 _ROLE = re.compile(r":[\w:]+:`~?([^`<]+?)(?:\s*<[^>]*>)?`")
 _HEADER = re.compile(r"^(?P<names>[A-Za-z_][\w, ]*?)(?:\s*:\s*(?P<type>.*))?$")
+
+
+def cli_options(**options: Any) -> dict[str, Any]:
+    """A field's ``metadata`` with ``add_argument`` keywords for :func:`config_parser`.
+
+    Parameters
+    ----------
+    **options
+        ``choices``, ``nargs``, ``required``, ``help``, ... and ``flag`` (the
+        option's spelling).
+
+    Returns
+    -------
+    dict
+        ``{"cli": options}``, for ``dataclasses.field(metadata=...)``.
+
+    Examples
+    --------
+    >>> from dataclasses import dataclass, field
+    >>> @dataclass
+    ... class Config:
+    ...     kind: str = field(default="a", metadata=cli_options(choices=["a", "b"]))
+    >>> config_parser(Config, "demo").parse_args(["--kind", "b"]).kind
+    'b'
+    """
+    return {"cli": options}
 
 
 def config_from_args(args: argparse.Namespace, cls: type) -> Any:
@@ -267,6 +296,7 @@ def config_parser(
             _add_nested(parser, by_name[name], tp)
             continue
         kw = _argument(by_name[name], hints[name], helps.get(name))
+        kw.update(by_name[name].metadata.get("cli", {}))
         kw.update(overrides.get(name, {}))
         flag = kw.pop("flag")
         parser.add_argument(flag, **kw)
@@ -289,6 +319,7 @@ def _add_nested(
             inner.default = getattr(default, inner.name)
             inner.default_factory = dataclasses.MISSING
         kw = _argument(inner, hints[inner.name], helps.get(inner.name))
+        kw.update(inner.metadata.get("cli", {}))
         kw["dest"] = f"{outer.name}.{inner.name}"
         if "action" not in kw:
             kw["metavar"] = inner.name.upper()

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines._cli import config_from_args, config_parser, run_cli
+from pipelines._cli import cli_options, config_from_args, config_parser, run_cli
 from pipelines.prompting import (
     ACTION_CUE,
     HISTORY_CUE,
@@ -93,7 +93,9 @@ class BCConfig:
         Show the trainer's progress bar.
     """
 
-    trajectories: list[str] = field(default_factory=list)
+    trajectories: list[str] = field(
+        default_factory=list, metadata=cli_options(required=True)
+    )
     output_dir: str = "runs/bc"
     model: str | None = None
     vocab_size: int = 1024
@@ -101,7 +103,14 @@ class BCConfig:
     n_layers: int = 2
     n_heads: int = 4
     max_position_embeddings: int = 1024
-    only_successful: bool = True
+    only_successful: bool = field(
+        default=True,
+        metadata=cli_options(
+            flag="--all-episodes",
+            help="Clone every teacher episode, lost ones too "
+            "(sets only_successful to False).",
+        ),
+    )
     prompt: PromptConfig = field(default_factory=PromptConfig)
     max_steps: int = 300
     batch_size: int = 8
@@ -256,42 +265,11 @@ def completion_nll(model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -
 
 
 # The config fields offered on the command line.
-_CLI_FIELDS = (
-    "trajectories",
-    "output_dir",
-    "model",
-    "vocab_size",
-    "hidden_size",
-    "n_layers",
-    "n_heads",
-    "max_position_embeddings",
-    "only_successful",
-    "prompt",
-    "max_steps",
-    "batch_size",
-    "learning_rate",
-    "warmup_ratio",
-    "seed",
-    "max_length",
-    "logging_steps",
-)
 
 
 def make_parser() -> argparse.ArgumentParser:
     """Command-line parser derived from :class:`BCConfig`."""
-    return config_parser(
-        BCConfig,
-        "Behavioral cloning with TRL SFTTrainer.",
-        fields=_CLI_FIELDS,
-        overrides={
-            "trajectories": {"required": True},
-            "only_successful": {
-                "flag": "--all-episodes",
-                "help": "Clone every teacher episode, lost ones too "
-                "(sets only_successful to False).",
-            },
-        },
-    )
+    return config_parser(BCConfig, "Behavioral cloning with TRL SFTTrainer.")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines._cli import config_parser, parse_config
+from pipelines._cli import cli_options, config_parser, parse_config
 from pipelines.envs import perturbed, shared_env
 from pipelines.trajectories import (
     SCHEMA,
@@ -125,10 +125,12 @@ class CollectConfig:
     out: str = "runs/trajectories.jsonl"
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     split: str = "train"
-    tasks: list[str] | None = None
+    tasks: list[str] | None = field(default=None, metadata=cli_options(nargs="*"))
     limit: int | None = None
     n_seeds: int = 5
-    families: list[str] = field(default_factory=lambda: ["all"])
+    families: list[str] = field(
+        default_factory=lambda: ["all"], metadata=cli_options(nargs="*")
+    )
     rate: float = 0.2
     noise_rate: float = 0.0
     max_steps: int | None = None
@@ -292,7 +294,6 @@ def make_parser() -> argparse.ArgumentParser:
     return config_parser(
         CollectConfig,
         "Collect expert trajectories to JSONL.",
-        overrides={"tasks": {"nargs": "*"}, "families": {"nargs": "*"}},
     )
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines._cli import config_parser, run_cli
+from pipelines._cli import cli_options, config_parser, run_cli
 from pipelines.prompting import HISTORY_CUE, PromptConfig
 from pipelines.trajectories import build_examples, read_trajectories
 
@@ -347,7 +347,9 @@ class DPOConfigR2V:
 
     slm: str = "runs/bc"
     verifier: str = "runs/verifier"
-    trajectories: list[str] = field(default_factory=list)
+    trajectories: list[str] = field(
+        default_factory=list, metadata=cli_options(required=True)
+    )
     output_dir: str = "runs/dpo"
     beta: float = 0.1
     dpo_weight: float = 1.0
@@ -496,32 +498,11 @@ def _trainer_args(cfg: DPOConfigR2V) -> Any:
 
 
 # The config fields offered on the command line.
-_CLI_FIELDS = (
-    "slm",
-    "verifier",
-    "trajectories",
-    "output_dir",
-    "beta",
-    "dpo_weight",
-    "consistency_weight",
-    "max_pairs",
-    "k",
-    "max_steps",
-    "batch_size",
-    "learning_rate",
-    "seed",
-    "prompt",
-)
 
 
 def make_parser() -> argparse.ArgumentParser:
     """Command-line parser derived from :class:`DPOConfigR2V`."""
-    return config_parser(
-        DPOConfigR2V,
-        "Verifier-guided DPO + BC + consistency.",
-        fields=_CLI_FIELDS,
-        overrides={"trajectories": {"required": True}},
-    )
+    return config_parser(DPOConfigR2V, "Verifier-guided DPO + BC + consistency.")
 
 
 if __name__ == "__main__":

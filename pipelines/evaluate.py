@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines._cli import config_parser, run_cli
+from pipelines._cli import cli_options, config_parser, run_cli
 from pipelines.agent import POLICIES, build_agent
 from pipelines.closed_loop import ClosedLoop
 from pipelines.envs import make_env
@@ -137,8 +137,12 @@ class EvaluateConfig:
     slm: str | None = None
     verifier: str | None = None
     router_table: str | None = None
-    policy: str | None = None
-    select: str | None = None
+    policy: str | None = field(
+        default=None, metadata=cli_options(choices=sorted(POLICIES))
+    )
+    select: str | None = field(
+        default=None, metadata=cli_options(choices=sorted(SELECT_RULES))
+    )
     label: str = "auto"
     test_seeds: list[int] | None = None
     n_test_tasks: int | None = None
@@ -1136,34 +1140,11 @@ def write_markdown(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Pat
 
 
 # The config fields offered on the command line.
-_CLI_FIELDS = (
-    "run",
-    "out",
-    "slm",
-    "verifier",
-    "router_table",
-    "policy",
-    "select",
-    "label",
-    "test_seeds",
-    "n_test_tasks",
-    "rates",
-    "dagger_rounds",
-    "n_resamples",
-)
 
 
 def make_parser() -> argparse.ArgumentParser:
     """Command-line parser derived from :class:`EvaluateConfig`."""
-    return config_parser(
-        EvaluateConfig,
-        "Closed-loop evaluation of routers.",
-        fields=_CLI_FIELDS,
-        overrides={
-            "policy": {"choices": sorted(POLICIES)},
-            "select": {"choices": sorted(SELECT_RULES)},
-        },
-    )
+    return config_parser(EvaluateConfig, "Closed-loop evaluation of routers.")
 
 
 if __name__ == "__main__":

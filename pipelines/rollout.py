@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines._cli import config_parser, run_cli
+from pipelines._cli import cli_options, config_parser, run_cli
 from pipelines.agent import POLICIES, SLMAgent, agent_decide, build_agent
 from pipelines.envs import make_env, shared_env
 from pipelines.labels import counterfactual_label, label_confusion, verifier_label
@@ -371,14 +371,20 @@ class RolloutConfig:
     env: str = "textworld"
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     split: str = "test"
-    tasks: list[str] | None = None
+    tasks: list[str] | None = field(default=None, metadata=cli_options(nargs="*"))
     limit: int | None = None
     seeds: list[int] = field(default_factory=lambda: [1000, 1001, 1002])
-    families: list[str] = field(default_factory=lambda: ["all"])
+    families: list[str] = field(
+        default_factory=lambda: ["all"], metadata=cli_options(nargs="*")
+    )
     rate: float = 0.05
     max_steps: int | None = None
-    policy: str = "generate"
-    select: str = "logprob"
+    policy: str = field(
+        default="generate", metadata=cli_options(choices=sorted(POLICIES))
+    )
+    select: str = field(
+        default="logprob", metadata=cli_options(choices=sorted(SELECT_RULES))
+    )
     k: int = 5
     temperature: float = 0.5
     max_new_tokens: int = 12
@@ -501,45 +507,11 @@ def main(cfg: RolloutConfig) -> dict[str, Any]:
 
 
 # The config fields offered on the command line.
-_CLI_FIELDS = (
-    "slm",
-    "verifier",
-    "out",
-    "env",
-    "env_kwargs",
-    "split",
-    "tasks",
-    "limit",
-    "seeds",
-    "families",
-    "rate",
-    "max_steps",
-    "policy",
-    "select",
-    "k",
-    "temperature",
-    "max_new_tokens",
-    "label_margin",
-    "counterfactual",
-    "prompt",
-    "n_jobs",
-    "backend",
-)
 
 
 def make_parser() -> argparse.ArgumentParser:
     """Command-line parser derived from :class:`RolloutConfig`."""
-    return config_parser(
-        RolloutConfig,
-        "Roll out the frozen SLM to a table.",
-        fields=_CLI_FIELDS,
-        overrides={
-            "tasks": {"nargs": "*"},
-            "families": {"nargs": "*"},
-            "policy": {"choices": sorted(POLICIES)},
-            "select": {"choices": sorted(SELECT_RULES)},
-        },
-    )
+    return config_parser(RolloutConfig, "Roll out the frozen SLM to a table.")
 
 
 if __name__ == "__main__":

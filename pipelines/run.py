@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines._cli import config_parser, run_cli
+from pipelines._cli import cli_options, config_parser, run_cli
 from pipelines.agent import POLICIES
 from pipelines.labels import label_confusion
 from pipelines.prompting import PromptConfig
@@ -135,7 +135,9 @@ class RunConfig:
     """
 
     out: str = "runs/demo"
-    kind: str = "simple"
+    kind: str = field(
+        default="simple", metadata=cli_options(choices=["custom", "simple"])
+    )
     settings: dict[str, Any] | None = None
     n_train: int = 40
     n_router: int = 3
@@ -143,7 +145,9 @@ class RunConfig:
     n_train_seeds: int = 3
     n_router_seeds: int = 2
     n_test_seeds: int = 3
-    families: list[str] = field(default_factory=lambda: ["all"])
+    families: list[str] = field(
+        default_factory=lambda: ["all"], metadata=cli_options(nargs="*")
+    )
     rate: float = 0.05
     max_steps: int = 15
     noise_rate: float = 0.0
@@ -161,8 +165,10 @@ class RunConfig:
     dpo_learning_rate: float = 2e-4
     dpo_weight: float = 1.0
     consistency_weight: float = 1.0
-    policy: str = "score"
-    select: str = "logprob"
+    policy: str = field(default="score", metadata=cli_options(choices=sorted(POLICIES)))
+    select: str = field(
+        default="logprob", metadata=cli_options(choices=sorted(SELECT_RULES))
+    )
     k: int = 5
     temperature: float = 0.5
     max_new_tokens: int = 12
@@ -170,7 +176,7 @@ class RunConfig:
     n_jobs: int = 2
     torch_threads: int | None = 1
     n_resamples: int = 1000
-    verbose: bool = True
+    verbose: bool = field(default=True, metadata=cli_options(flag="--quiet"))
 
 
 def success_summary(
@@ -648,56 +654,11 @@ def main(cfg: RunConfig) -> dict[str, Any]:
 
 
 # The config fields offered on the command line.
-_CLI_FIELDS = (
-    "out",
-    "kind",
-    "settings",
-    "n_train",
-    "n_router",
-    "n_test",
-    "n_train_seeds",
-    "n_router_seeds",
-    "n_test_seeds",
-    "families",
-    "rate",
-    "max_steps",
-    "noise_rate",
-    "collect_max_steps",
-    "bc_steps",
-    "bc_learning_rate",
-    "hidden_size",
-    "n_layers",
-    "verifier_contexts",
-    "dpo",
-    "dpo_steps",
-    "dpo_max_pairs",
-    "dpo_learning_rate",
-    "policy",
-    "select",
-    "k",
-    "temperature",
-    "max_new_tokens",
-    "prompt",
-    "n_jobs",
-    "torch_threads",
-    "verbose",
-)
 
 
 def make_parser() -> argparse.ArgumentParser:
     """Command-line parser derived from :class:`RunConfig`."""
-    return config_parser(
-        RunConfig,
-        "Run the R2V chain at demo scale.",
-        fields=_CLI_FIELDS,
-        overrides={
-            "kind": {"choices": ["custom", "simple"]},
-            "policy": {"choices": sorted(POLICIES)},
-            "select": {"choices": sorted(SELECT_RULES)},
-            "families": {"nargs": "*"},
-            "verbose": {"flag": "--quiet"},
-        },
-    )
+    return config_parser(RunConfig, "Run the R2V chain at demo scale.")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines._cli import config_parser, run_cli
+from pipelines._cli import cli_options, config_parser, run_cli
 from pipelines.prompting import PromptConfig
 from pipelines.trajectories import build_examples, read_trajectories
 from pipelines.verifier_model import ENCODERS, Verifier, load_minilm
@@ -215,9 +215,13 @@ class VerifierConfig:
     seed : int
     """
 
-    trajectories: list[str] = field(default_factory=list)
+    trajectories: list[str] = field(
+        default_factory=list, metadata=cli_options(required=True)
+    )
     output_dir: str = "runs/verifier"
-    encoder: str = "minilm"
+    encoder: str = field(
+        default="minilm", metadata=cli_options(choices=sorted(ENCODERS))
+    )
     C: float = 1.0
     n_negatives: int = 4
     slm: str | None = None
@@ -226,7 +230,7 @@ class VerifierConfig:
     slm_temperature: float = 0.5
     slm_max_new_tokens: int = 12
     test_fraction: float = 0.3
-    refit_full: bool = True
+    refit_full: bool = field(default=True, metadata=cli_options(flag="--no-refit"))
     prompt: PromptConfig = field(default_factory=PromptConfig)
     n_bins: int = 10
     seed: int = 0
@@ -440,34 +444,11 @@ def _slm_candidate_metrics(
 
 
 # The config fields offered on the command line.
-_CLI_FIELDS = (
-    "trajectories",
-    "output_dir",
-    "encoder",
-    "C",
-    "n_negatives",
-    "slm",
-    "slm_k",
-    "slm_max_contexts",
-    "test_fraction",
-    "refit_full",
-    "seed",
-    "prompt",
-)
 
 
 def make_parser() -> argparse.ArgumentParser:
     """Command-line parser derived from :class:`VerifierConfig`."""
-    return config_parser(
-        VerifierConfig,
-        "Train the process verifier V(x, a).",
-        fields=_CLI_FIELDS,
-        overrides={
-            "trajectories": {"required": True},
-            "encoder": {"choices": sorted(ENCODERS)},
-            "refit_full": {"flag": "--no-refit"},
-        },
-    )
+    return config_parser(VerifierConfig, "Train the process verifier V(x, a).")
 
 
 if __name__ == "__main__":
