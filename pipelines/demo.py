@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines._cli import config_parser, run_cli
-from r2vcal._render import CSS, Doc
+from r2vcal._render import Doc
 
 __all__ = ["DemoConfig", "main", "make_parser", "report_doc"]
 
@@ -229,7 +229,6 @@ def _fmt(x: Any) -> str:
 
 
 # The headline table's CVaR-Brier row stands out.
-_CSS = CSS + "tr.hl td{background:#e3f2e3;font-weight:600}"
 
 
 def _headline_rows(res: Any, target: float) -> list[dict[str, str]]:
@@ -258,18 +257,6 @@ def _headline_rows(res: Any, target: float) -> list[dict[str, str]]:
     return rows
 
 
-def _table_html(rows: list[dict[str, str]], highlight: str) -> str:
-    """An HTML table of ``rows``, the row whose arm is ``highlight`` marked."""
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
-    body = [
-        f"<tr class='{'hl' if r['arm'] == highlight else ''}'>"
-        + "".join(f"<td>{html.escape(v)}</td>" for v in r.values())
-        + "</tr>"
-        for r in rows
-    ]
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
 def _headline_table(doc: Doc, csv: Path, ev: dict[str, Any]) -> Doc:
     """Per arm: success and LLM-call share with 95 % CIs (games resampled).
 
@@ -290,14 +277,9 @@ def _headline_table(doc: Doc, csv: Path, ev: dict[str, Any]) -> Doc:
             return "—"
         return f"{_fmt(d['estimate'])} [{_fmt(d['low'])}, {_fmt(d['high'])}]"
 
-    marked = [
-        {**r, "arm": f"**{r['arm']}**"} if r["arm"] == "cvar_brier" else r for r in rows
-    ]
+    table = pd.DataFrame(rows)
     doc.heading("Headline: closed loop on held-out games × held-out seeds")
-    doc.html_block(
-        _table_html(rows, "cvar_brier"),
-        markdown=pd.DataFrame(marked).to_markdown(index=False),
-    )
+    doc.table(table, index=False, highlight=table["arm"] == "cvar_brier")
     return doc.para(
         "CVaR-Brier ÷ entropy share at the teacher's success: "
         f"**{ci('cvar_over_entropy')}** (paper: ≤ 0.5); ÷ best single-feature "
@@ -414,7 +396,7 @@ def report_doc(out: Path, summary: dict[str, Any]) -> Doc:
         Written by :func:`main` to ``report.md`` and ``report.html``.
     """
     chain, ev = summary["chain"], summary["evaluate"]
-    doc = Doc("r2vcal demo: the R2V recipe on TextWorld, end to end", css=_CSS)
+    doc = Doc("r2vcal demo: the R2V recipe on TextWorld, end to end")
     _headline_table(doc, out / "evaluate" / "closed_loop.csv", ev)
     seconds = summary["seconds"]
     doc.para(
@@ -434,9 +416,8 @@ def report_doc(out: Path, summary: dict[str, Any]) -> Doc:
         ("evaluate/frontier.png", "closed-loop frontier"),
         ("evaluate/mixed_reliability.png", "mixed reliability"),
         ("offline/reliability.png", "offline reliability"),
-    ]:
-        if (out / src).is_file():  # mixed_reliability.png needs dagger_rounds > 0
-            doc.image(src, alt)
+    ]:  # mixed_reliability.png needs dagger_rounds > 0
+        doc.image(src, alt, root=out)
     return doc.html_block(*_links(out))
 
 

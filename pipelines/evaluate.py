@@ -1116,7 +1116,7 @@ def report_doc(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Doc:
     )
     lines = [*_headline_bullets(h), *_ratio_lines(h), *low_budget_lines(h)]
     doc.bullets(x.removeprefix("- ") for x in lines)
-    _image_if_exists(doc, out, "frontier.png", "frontier")
+    doc.image("frontier.png", "frontier", root=out)
     doc.heading("Arms (95% CI, cluster bootstrap over tasks)")
     doc.table(res[_ARM_COLUMNS], floatfmt=".3f", index=False)
     if "mixed" in summary:
@@ -1124,13 +1124,8 @@ def report_doc(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Doc:
         doc.heading("Mixed trajectories (router in the loop, held-out tasks)")
         mixed = pd.DataFrame({"before": m["before"], "after": m["after"]}).T
         doc.table(mixed, floatfmt=".4f")
-        _image_if_exists(doc, out, "mixed_reliability.png", "mixed reliability")
+        doc.image("mixed_reliability.png", "mixed reliability", root=out)
     return doc
-
-
-def _image_if_exists(doc: Doc, folder: Path, src: str, alt: str) -> Doc:
-    """Add the image ``folder/src`` to ``doc`` when the file exists."""
-    return doc.image(src, alt) if (Path(folder) / src).is_file() else doc
 
 
 def write_markdown(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Path:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ CSS = (
     "code{background:#f4f4f4;padding:0 .2em}"
     ".warning{background:#fee;border:1px solid #c00;padding:6px 10px;margin:.6em 0}"
     ".caption{font-style:italic;margin-bottom:.2em}"
+    "tr.hl td{background:#e3f2e3;font-weight:600}"
 )
 
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
@@ -162,6 +163,7 @@ class Doc:
         floatfmt: str = ".3f",
         *,
         index: bool = True,
+        highlight: Sequence[bool] | None = None,
     ) -> Doc:
         """Append a table of ``df``.
 
@@ -175,21 +177,46 @@ class Doc:
             Format spec of float cells, in both renderings.
         index : bool, default=True
             Whether to write the index as the first column.
+        highlight : sequence of bool, default=None
+            One flag per row; flagged rows are marked: their first cell in
+            bold in Markdown, the whole row (class ``hl``) in HTML.
         """
-        md = df.to_markdown(index=index, floatfmt=floatfmt)
+        mask = _row_mask(highlight, len(df))
+        md = _bold_first_cells(df, mask, index, floatfmt).to_markdown(
+            index=index, floatfmt=floatfmt
+        )
         page = df.to_html(
             index=index,
             border=0,
             float_format=lambda v: format(v, floatfmt),
             na_rep="",
         )
+        if mask is not None:
+            head, body = page.split("<tbody>", 1)
+            first, *rows = body.split("<tr>")
+            tags = ["<tr class='hl'>" if m else "<tr>" for m in mask]
+            body = first + "".join(tag + row for tag, row in zip(tags, rows))
+            page = f"{head}<tbody>{body}"
         if caption is not None:
             md = f"*{caption}*\n\n{md}"
             page = f"<p class='caption'>{inline_html(caption)}</p>\n{page}"
         return self._add(md, page)
 
-    def image(self, src: str, alt: str) -> Doc:
-        """Append an image, ``src`` relative to the report folder."""
+    def image(self, src: str, alt: str, *, root: str | Path | None = None) -> Doc:
+        """Append an image, ``src`` relative to the report folder.
+
+        Parameters
+        ----------
+        src : str
+            The image's path, relative to the report folder.
+        alt : str
+            Its alternative text.
+        root : str or Path, default=None
+            The report folder; when given, the image is left out unless
+            ``root / src`` is a file (a plot a run may not have drawn).
+        """
+        if root is not None and not (Path(root) / src).is_file():
+            return self
         return self._add(
             f"![{alt}]({src})",
             f"<img src='{html.escape(src)}' alt='{html.escape(alt)}'>",
@@ -244,3 +271,34 @@ class Doc:
         md.write_text(self.to_markdown(), encoding="utf-8")
         page.write_text(self.to_html(), encoding="utf-8")
         return md, page
+
+
+def _row_mask(highlight: Sequence[bool] | None, n_rows: int) -> list[bool] | None:
+    if highlight is None:
+        return None
+    mask = [bool(v) for v in highlight]
+    if len(mask) != n_rows:
+        raise ValueError(
+            f"The 'highlight' parameter of Doc.table must hold one flag per row "
+            f"({n_rows}). Got {len(mask)} flags instead."
+        )
+    return mask
+
+
+def _bold_first_cells(
+    df: pd.DataFrame, mask: list[bool] | None, index: bool, floatfmt: str
+) -> pd.DataFrame:
+    """``df`` with the first cell of the flagged rows in Markdown bold."""
+    if not mask or not any(mask) or (not index and df.shape[1] == 0):
+        return df
+
+    def bold(v: object) -> str:
+        return f"**{format(v, floatfmt) if isinstance(v, float) else v}**"
+
+    out = df.copy()
+    if index:
+        out.index = [bold(v) if m else v for v, m in zip(out.index, mask)]
+    else:
+        col = out.columns[0]
+        out[col] = [bold(v) if m else v for v, m in zip(out[col], mask)]
+    return out

@@ -55,3 +55,24 @@ def test_heading_level_is_checked():
 
 def test_inline_html_escapes_before_converting():
     assert inline_html("<i>**b**</i>") == "&lt;i&gt;<b>b</b>&lt;/i&gt;"
+
+
+def test_table_highlights_flagged_rows_in_both_renderings():
+    df = pd.DataFrame({"arm": ["cvar", "entropy", "random"], "share": [0.8, 0.5, 0.9]})
+    doc = Doc("t").table(df, index=False, highlight=df["arm"] == "entropy")
+    md, page = doc.to_markdown(), doc.to_html()
+    assert "| **entropy** |" in md and "**cvar**" not in md
+    assert page.count("<tr class='hl'>") == 1
+    row = page.split("<tr class='hl'>")[1].split("</tr>")[0]
+    assert "entropy" in row and "0.500" in row
+    by_index = Doc("t").table(df.set_index("share"), highlight=[True, False, False])
+    assert "| **0.800** |" in by_index.to_markdown()
+    with pytest.raises(ValueError, match=r"'highlight' parameter of Doc\.table.*\(3\)"):
+        Doc("t").table(df, highlight=[True])
+
+
+def test_image_with_root_is_left_out_when_the_file_is_missing(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"png")
+    doc = Doc("t").image("a.png", "a", root=tmp_path).image("b.png", "b", root=tmp_path)
+    md = doc.to_markdown()
+    assert "![a](a.png)" in md and "b.png" not in md and "b.png" not in doc.to_html()
