@@ -36,48 +36,22 @@ def chain_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trajectories(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Teacher trajectories on the train games (2 games x 2 seeds)."""
     pytest.importorskip("textworld")
-    from pipelines.collect import CollectConfig
     from pipelines.collect import main as collect
 
     out = chain_dir(tmp_path_factory) / "train.jsonl"
     if not out.is_file():
-        collect(
-            CollectConfig(
-                env="textworld",
-                out=str(out),
-                env_kwargs=ENV_KWARGS,
-                split="train",
-                n_seeds=2,
-                families=FAMILIES,
-                rate=RATE,
-                n_jobs=1,
-                backend=None,
-                progress=False,
-            )
-        )
+        collect(collect_config(out, split="train", n_seeds=2))
     return out
 
 
 def bc_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny BC model trained for a few steps."""
     pytest.importorskip("trl")
-    from pipelines.bc import BCConfig
     from pipelines.bc import main as bc
 
     out = chain_dir(tmp_path_factory) / "bc"
     if not (out / "bc_summary.json").is_file():
-        bc(
-            BCConfig(
-                trajectories=[str(trajectories(tmp_path_factory))],
-                output_dir=str(out),
-                hidden_size=64,
-                n_layers=2,
-                vocab_size=600,
-                max_steps=6,
-                batch_size=4,
-                logging_steps=2,
-            )
-        )
+        bc(bc_config(trajectories(tmp_path_factory), out))
     return out
 
 
@@ -105,6 +79,39 @@ def verifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def summary(path: Path, name: str) -> dict:
     """Read a step's JSON summary."""
     return json.loads((path / name).read_text())
+
+
+def collect_config(out: Path | str, **kw):
+    """Teacher collection on the tiny chain's games into ``out``; ``kw`` sets
+    the split, seeds and anything else (one process, no progress bar)."""
+    from pipelines.collect import CollectConfig
+
+    base = {
+        "env": "textworld",
+        "env_kwargs": ENV_KWARGS,
+        "families": FAMILIES,
+        "rate": RATE,
+        "n_jobs": 1,
+        "backend": None,
+        "progress": False,
+    }
+    return CollectConfig(out=str(out), **base | kw)
+
+
+def bc_config(traj: Path | str, out: Path | str, **kw):
+    """A tiny BC model (64 wide, 2 layers, 6 steps) on the trajectories ``traj``;
+    ``kw`` overrides any size or step count."""
+    from pipelines.bc import BCConfig
+
+    base = {
+        "hidden_size": 64,
+        "n_layers": 2,
+        "vocab_size": 600,
+        "max_steps": 6,
+        "batch_size": 4,
+        "logging_steps": 2,
+    }
+    return BCConfig(trajectories=[str(traj)], output_dir=str(out), **base | kw)
 
 
 def rollout_config(slm: Path | str, verifier: Path | str, out: Path | str, **kw):

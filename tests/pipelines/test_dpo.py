@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from _tw_chain import ENV_KWARGS, FAMILIES, RATE, bc_model, trajectories, verifier
+from _tw_chain import bc_model, collect_config, trajectories, verifier
 
 from pipelines.bc import build_examples, read_trajectories
 from pipelines.dpo import (
@@ -17,23 +17,10 @@ from pipelines.dpo import (
 
 @pytest.fixture(scope="module")
 def held_out_pairs(tmp_path_factory):
-    from pipelines.collect import CollectConfig
     from pipelines.collect import main as collect
 
     out = tmp_path_factory.mktemp("dpo_heldout") / "test.jsonl"
-    collect(
-        CollectConfig(
-            env="textworld",
-            out=str(out),
-            env_kwargs=ENV_KWARGS,
-            split="test",
-            n_seeds=1,
-            families=FAMILIES,
-            rate=RATE,
-            backend=None,
-            progress=False,
-        )
-    )
+    collect(collect_config(out, split="test", n_seeds=1))
     # Test games, and a view seed never used in training.
     return build_consistency_pairs(build_examples(read_trajectories(out)), seed=7)
 

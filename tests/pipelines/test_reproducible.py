@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from _tw_chain import rollout_config, trajectories, verifier
+from _tw_chain import bc_config, rollout_config, trajectories, verifier
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,6 @@ def _digest(path: Path) -> str:
 
 def test_chain_twice_byte_for_byte(tmp_path_factory) -> None:
     pytest.importorskip("trl")
-    from pipelines.bc import BCConfig
     from pipelines.bc import main as bc
     from pipelines.rollout import main as rollout
 
@@ -29,15 +28,8 @@ def test_chain_twice_byte_for_byte(tmp_path_factory) -> None:
     for run in ("a", "b"):
         slm = root / run / "bc"
         bc(
-            BCConfig(
-                trajectories=[str(traj)],
-                output_dir=str(slm),
-                hidden_size=32,
-                n_layers=1,
-                vocab_size=400,
-                max_steps=4,
-                batch_size=4,
-                logging_steps=2,
+            bc_config(
+                traj, slm, hidden_size=32, n_layers=1, vocab_size=400, max_steps=4
             )
         )
         models.append(_digest(slm / "model.safetensors"))
