@@ -236,9 +236,10 @@ def test_parse_pytest_summary() -> None:
 
 
 # ------------------------------------------ adversarial suite, both runners
-def _our_containers() -> list[str]:
+def _containers_of(pid: int) -> list[str]:
+    """The Docker containers (any state) labelled as owned by process ``pid``."""
     out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=r2vcal.owner={os.getpid()}"],
+        ["docker", "ps", "-aq", "--filter", f"label=r2vcal.owner={pid}"],
         capture_output=True,
         text=True,
         check=False,
@@ -306,7 +307,7 @@ def test_adversarial_commands_are_contained(runner, tmp_path) -> None:
     time.sleep(0.5)
     table["background process gone"] = _processes_with(marker) == []
     if runner == "docker":
-        table["no container left"] = _our_containers() == []
+        table["no container left"] = _containers_of(os.getpid()) == []
     assert not Path("/etc/pwned").exists()
     assert all(table.values()), table
 
@@ -323,15 +324,6 @@ def test_docker_container_removed_on_sigint_and_swept_after_sigkill(tmp_path) ->
         "env.step('sleep 60')\n"
     )
 
-    def owned_by(pid: int) -> list[str]:
-        out = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label=r2vcal.owner={pid}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return out.stdout.split()
-
     for sig in (signal.SIGINT, signal.SIGKILL):
         proc = subprocess.Popen(
             [sys.executable, "-c", code],
@@ -342,10 +334,10 @@ def test_docker_container_removed_on_sigint_and_swept_after_sigkill(tmp_path) ->
         )
         assert proc.stdout is not None and proc.stdout.readline() == "started\n"
         time.sleep(1.0)
-        assert len(owned_by(proc.pid)) == 1
+        assert len(_containers_of(proc.pid)) == 1
         proc.send_signal(sig)
         proc.wait(60)
         if sig == signal.SIGKILL:
-            assert len(owned_by(proc.pid)) == 1  # nobody could clean up ...
+            assert len(_containers_of(proc.pid)) == 1  # nobody could clean up ...
             sweep_containers()  # ... until the next runner starts
-        assert owned_by(proc.pid) == [], f"container left after {sig.name}"
+        assert _containers_of(proc.pid) == [], f"container left after {sig.name}"
