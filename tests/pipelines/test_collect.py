@@ -26,6 +26,8 @@ from pipelines.collect import (
 )
 
 TASKS = ["HumanEval/2", "HumanEval/13", "HumanEval/23"]
+#: The repository root, where the collection CLI runs.
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -106,40 +108,14 @@ def test_torn_last_line_is_repaired(cfg) -> None:
 def test_sigkill_mid_run_then_resume(cfg, tmp_path) -> None:
     tasks = [f"HumanEval/{i}" for i in (2, 4, 7, 12, 13, 15 + 1, 23, 29, 30, 34)]
     out = tmp_path / "killed.jsonl"
-    args = [
-        sys.executable,
-        "-m",
-        "pipelines.collect",
-        "--env",
-        "humaneval",
-        "--env-kwargs",
-        json.dumps(cfg.env_kwargs),
-        "--tasks",
-        *tasks,
-        "--n-seeds",
-        "2",
-        "--rate",
-        "0.3",
-        "--n-jobs",
-        "1",
-        "--backend",
-        "loky",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(args, cwd=root, stdout=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if out.exists() and len(out.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
+    flags = ("--rate", "0.3", "--n-jobs", "1", "--backend", "loky")
+    args = _collect_argv(replace(cfg, tasks=tasks), out, *flags)
+    proc = _start_until(args, out, n_lines=3)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     n_before = len(load_records(out))
     assert 3 <= n_before < 20
-    subprocess.run(args, cwd=root, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(args, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     lines = out.read_text().splitlines()
     recs = [json.loads(ln) for ln in lines]  # every line parses
     keys = [r["key"] for r in recs]
@@ -175,6 +151,23 @@ def _cli_args(cfg: CollectConfig, out) -> list[str]:
     ]
 
 
+def _collect_argv(cfg: CollectConfig, out, *extra: str) -> list[str]:
+    """``python -m pipelines.collect`` on ``cfg`` into ``out``, then ``extra``."""
+    return [sys.executable, "-m", "pipelines.collect", *_cli_args(cfg, out), *extra]
+
+
+def _start_until(args: list[str], out: Path, n_lines: int) -> subprocess.Popen:
+    """Start ``args`` from the repository root; return it once ``out`` holds
+    ``n_lines`` complete lines (or after two minutes)."""
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if out.exists() and out.read_bytes().count(b"\n") >= n_lines:
+            break
+        time.sleep(0.05)
+    return proc
+
+
 def _record_line(key: str, schema: str = SCHEMA) -> str:
     return json.dumps({"schema": schema, "key": key, "success": True}) + "\n"
 
@@ -197,20 +190,9 @@ def test_held_lock_gives_a_clear_error_and_writes_nothing(cfg) -> None:
 def test_second_run_on_the_same_out_stops_and_writes_nothing(cfg, tmp_path) -> None:
     tasks = [f"HumanEval/{i}" for i in (2, 4, 7, 12, 13, 16, 23, 29)]
     out = tmp_path / "both.jsonl"
-    root = Path(__file__).resolve().parents[2]
-    args = [
-        sys.executable,
-        "-m",
-        "pipelines.collect",
-        *_cli_args(replace(cfg, tasks=tasks), out),
-    ]
-    first = subprocess.Popen(args, cwd=root, stdout=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if out.exists() and out.read_bytes().count(b"\n") >= 1:
-            break
-        time.sleep(0.05)
-    second = subprocess.run(args, cwd=root, capture_output=True, text=True)
+    args = _collect_argv(replace(cfg, tasks=tasks), out)
+    first = _start_until(args, out, n_lines=1)
+    second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     assert first.poll() is None, "the first run ended before the second started"
     assert first.wait(timeout=300) == 0
     assert second.returncode == 2
@@ -326,23 +308,10 @@ def _descendants(pid: int) -> set[int]:
 def test_loky_workers_end_with_a_killed_parent(cfg, tmp_path) -> None:
     tasks = [f"HumanEval/{i}" for i in (2, 4, 7, 12, 13, 16, 23, 29)]
     out = tmp_path / "killed.jsonl"
-    args = [
-        sys.executable,
-        "-m",
-        "pipelines.collect",
-        *_cli_args(replace(cfg, tasks=tasks), out),
-        "--n-jobs",
-        "2",
-        "--backend",
-        "loky",
-    ]
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(args, cwd=root, stdout=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if out.exists() and len(out.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
+    args = _collect_argv(
+        replace(cfg, tasks=tasks), out, "--n-jobs", "2", "--backend", "loky"
+    )
+    proc = _start_until(args, out, n_lines=2)
     workers = _descendants(proc.pid)
     assert workers, "expected loky worker processes"
     os.kill(proc.pid, signal.SIGKILL)
@@ -358,6 +327,6 @@ def test_loky_workers_end_with_a_killed_parent(cfg, tmp_path) -> None:
     ]
     assert not alive, f"workers outlived the killed run: {alive}"
     # the next run takes the lock and completes the file
-    subprocess.run(args, cwd=root, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(args, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     keys = [json.loads(ln)["key"] for ln in out.read_text().splitlines()]
     assert len(keys) == len(set(keys)) == 16
