@@ -47,34 +47,46 @@ def sandbox_or_skip(no_exec: set[str]) -> Any:
 
 
 @contextlib.contextmanager
-def host_listener() -> Iterator[tuple[int, list[int]]]:
-    """A TCP server on the host's loopback: ``(port, hits)``, one hit a connection.
+def listening(servers: list[socket.socket], linger: float = 0.3) -> Iterator[list[str]]:
+    """Accept connections on the bound sockets ``servers`` until the block ends.
 
-    It accepts until the ``with`` block ends; a sandbox that must not reach the
-    host's network leaves ``hits`` empty.
+    Yields ``hits``: one entry a connection, the address (``repr``) of the
+    socket it reached; a sandbox that must not reach them leaves it empty. On
+    leaving, it waits ``linger`` seconds (a late connection still counts), then
+    closes the sockets.
     """
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(4)
-    srv.settimeout(0.2)
-    hits: list[int] = []
+    for srv in servers:
+        srv.listen(4)
+        srv.settimeout(0.2)
+    hits: list[str] = []
     stop = threading.Event()
 
     def accept() -> None:
         while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-                hits.append(1)
-                conn.close()
-            except OSError:
-                pass
+            for srv in servers:
+                try:
+                    conn, _ = srv.accept()
+                    hits.append(repr(srv.getsockname()))
+                    conn.close()
+                except OSError:
+                    pass
 
     th = threading.Thread(target=accept, daemon=True)
     th.start()
     try:
-        yield srv.getsockname()[1], hits
+        yield hits
     finally:
-        time.sleep(0.3)  # a late connection still counts
+        time.sleep(linger)
         stop.set()
         th.join(5)
-        srv.close()
+        for srv in servers:
+            srv.close()
+
+
+@contextlib.contextmanager
+def host_listener() -> Iterator[tuple[int, list[str]]]:
+    """A TCP server on the host's loopback: ``(port, hits)``, see :func:`listening`."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    with listening([srv]) as hits:
+        yield srv.getsockname()[1], hits

@@ -11,13 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from _helpers import host_listener, require_bwrap
+from _helpers import host_listener, listening, require_bwrap
 
 import pipelines
 from pipelines.sandbox import Sandbox, SandboxResult, isolation_capabilities
@@ -151,29 +150,12 @@ def test_x4_host_unix_sockets_unreachable(tmp_path) -> None:
     _bwrap_or_skip()
     path = str(tmp_path / "x4.sock")
     abstract = "\0r2vcal-x4-" + uuid.uuid4().hex
-    hits: list[str] = []
     servers = []
     for addr in (path, abstract):
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         srv.bind(addr)
-        srv.listen(4)
-        srv.settimeout(0.2)
         servers.append(srv)
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            for srv in servers:
-                try:
-                    conn, _ = srv.accept()
-                    hits.append(repr(srv.getsockname()))
-                    conn.close()
-                except OSError:
-                    pass
-
-    th = threading.Thread(target=accept, daemon=True)
-    th.start()
-    try:
+    with listening(servers, linger=0.5) as hits:
         res = Sandbox().run_python(
             "import socket\n"
             f"for addr in [{path!r}, {abstract!r}]:\n"
@@ -184,12 +166,6 @@ def test_x4_host_unix_sockets_unreachable(tmp_path) -> None:
             "    except OSError as exc:\n"
             "        print('blocked', type(exc).__name__)\n"
         )
-        time.sleep(0.5)
-    finally:
-        stop.set()
-        th.join(5)
-        for srv in servers:
-            srv.close()
     assert "CONNECTED" not in res.stdout, res.stdout
     assert res.stdout.count("blocked") == 2, res.stdout + res.stderr
     assert hits == []
