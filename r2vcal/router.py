@@ -24,6 +24,7 @@ a nested cross-validation shows that it lowers that objective on held-out rows.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any
@@ -422,13 +423,14 @@ class CVaRBrierRouter(BaseRouter):
         self.alpha_ = 1e-4 if self.alpha == "auto" else float(self.alpha)
         z_oof, objectives = None, []
         if folds is not None:
-            for a in ALPHA_GRID if auto else (self.alpha_,):
-                z = self._out_of_fold_scores(X, rows, hidden, folds, fold_seeds, a)
+            grid = ALPHA_GRID if auto else (self.alpha_,)
+            scores = self._out_of_fold_scores(X, rows, hidden, folds, fold_seeds, grid)
+            for a, z in zip(grid, scores):
                 objectives.append(self._objective(expit(z), rows))
                 if objectives[-1] <= min(objectives):
                     z_oof, self.alpha_ = z, float(a)
         self.alpha_objective_ = np.asarray(objectives if auto else [], dtype=float)
-        self._fit_scorer(X, rows, hidden, rng)
+        self._fit_scorer(_train_data(X, rows), hidden, rng)
 
         self.calibration_: str | None = None
         self.temperature_ = 1.0
@@ -443,15 +445,9 @@ class CVaRBrierRouter(BaseRouter):
         return self
 
     def _fit_scorer(
-        self,
-        X: NDArray[np.float64],
-        rows: _Rows,
-        hidden: tuple[int, ...],
-        rng: np.random.RandomState,
+        self, data: _TrainData, hidden: tuple[int, ...], rng: np.random.RandomState
     ) -> None:
         """Fit the uncalibrated score (linear or MLP) on the given rows."""
-        mean, scale = weighted_standardisation(X, rows.w)
-        data = _TrainData(X, rows.y, rows.w, rows.gidx, rows.n_groups, mean, scale)
         if hidden:
             self._fit_mlp(data, hidden, rng)
         else:
@@ -527,22 +523,25 @@ class CVaRBrierRouter(BaseRouter):
         hidden: tuple[int, ...],
         folds: NDArray[np.intp],
         seeds: NDArray[np.int64],
-        alpha: float,
-    ) -> NDArray[np.float64]:
-        """Raw score of each row from a router (L2 ``alpha``) fitted on the
-        other folds. In constrained mode the fold routers use the penalised form
-        with ``cvar_weight``: a bisection per fold would cost 20 solves each."""
-        z = np.empty(X.shape[0])
+        alphas: Sequence[float],
+    ) -> list[NDArray[np.float64]]:
+        """Per L2 penalty in ``alphas``, the raw score of each row from a router
+        fitted on the other folds. A fold's training rows are copied and
+        standardised once for all penalties. In constrained mode the fold
+        routers use the penalised form with ``cvar_weight``: a bisection per
+        fold would cost 20 solves each."""
+        scores = [np.empty(X.shape[0]) for _ in alphas]
         for f, seed in enumerate(seeds):
             test = folds == f
-            sub = clone(self).set_params(verbose=0, alpha=alpha, cvar_bound=None)
-            sub.alpha_ = float(alpha)
             train = ~test
-            sub._fit_scorer(
-                X[train], rows.take(train), hidden, np.random.RandomState(int(seed))
-            )
-            z[test] = sub._raw_scores(X[test])
-        return z
+            data = _train_data(X[train], rows.take(train))
+            X_test = X[test]
+            for z, alpha in zip(scores, alphas):
+                sub = clone(self).set_params(verbose=0, alpha=alpha, cvar_bound=None)
+                sub.alpha_ = float(alpha)
+                sub._fit_scorer(data, hidden, np.random.RandomState(int(seed)))
+                z[test] = sub._raw_scores(X_test)
+        return scores
 
     def _objective(self, p: NDArray[np.float64], rows: _Rows) -> float:
         """Weighted Brier + weight x exact CVaR of per-group Brier (no L2)."""
@@ -607,7 +606,9 @@ class CVaRBrierRouter(BaseRouter):
         def fun(theta: NDArray[np.float64], lam: float) -> tuple[float, Any]:
             return linear_objective(theta, data, lam, tail, alpha, sharp)
 
-        theta = self._linear_start(data)
+        if data.start is None:  # one least-squares start per split, every penalty
+            data.start = self._linear_start(data)
+        theta = data.start.copy()
         lam = float(self.cvar_weight)
         total_iter = 0
 
@@ -886,6 +887,8 @@ class _TrainData:
     wsum: float = field(init=False)
     group_weight: NDArray[np.float64] = field(init=False)
     unit_weights: bool = field(init=False)
+    #: :meth:`CVaRBrierRouter._linear_start`, kept for the next penalty's solve.
+    start: NDArray[np.float64] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.wsum = float(self.w.sum())
@@ -893,6 +896,12 @@ class _TrainData:
             self.gidx, weights=self.w, minlength=self.n_groups
         ).astype(np.float64)
         self.unit_weights = bool(np.all(self.w == 1.0))
+
+
+def _train_data(X: NDArray[np.float64], rows: _Rows) -> _TrainData:
+    """``X`` and ``rows`` with the weighted standardisation of ``X``."""
+    mean, scale = weighted_standardisation(X, rows.w)
+    return _TrainData(X, rows.y, rows.w, rows.gidx, rows.n_groups, mean, scale)
 
 
 def linear_objective(
