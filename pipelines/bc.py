@@ -264,9 +264,6 @@ def completion_nll(model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -
     return total / max(count, 1)
 
 
-# The config fields offered on the command line.
-
-
 def make_parser() -> argparse.ArgumentParser:
     """Command-line parser derived from :class:`BCConfig`."""
     return config_parser(BCConfig, "Behavioral cloning with TRL SFTTrainer.")

@@ -228,9 +228,6 @@ def _fmt(x: Any) -> str:
     return "—" if x is None else str(x)
 
 
-# The headline table's CVaR-Brier row stands out.
-
-
 def _headline_rows(res: Any, target: float) -> list[dict[str, str]]:
     """Per router: its cheapest arm reaching ``target`` success, else its best."""
     import pandas as pd

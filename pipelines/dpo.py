@@ -497,9 +497,6 @@ def _trainer_args(cfg: DPOConfigR2V) -> Any:
     )
 
 
-# The config fields offered on the command line.
-
-
 def make_parser() -> argparse.ArgumentParser:
     """Command-line parser derived from :class:`DPOConfigR2V`."""
     return config_parser(DPOConfigR2V, "Verifier-guided DPO + BC + consistency.")

@@ -1134,9 +1134,6 @@ def write_markdown(out: Path, res: pd.DataFrame, summary: dict[str, Any]) -> Pat
     return md
 
 
-# The config fields offered on the command line.
-
-
 def make_parser() -> argparse.ArgumentParser:
     """Command-line parser derived from :class:`EvaluateConfig`."""
     return config_parser(EvaluateConfig, "Closed-loop evaluation of routers.")

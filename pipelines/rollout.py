@@ -506,9 +506,6 @@ def main(cfg: RolloutConfig) -> dict[str, Any]:
     return summary
 
 
-# The config fields offered on the command line.
-
-
 def make_parser() -> argparse.ArgumentParser:
     """Command-line parser derived from :class:`RolloutConfig`."""
     return config_parser(RolloutConfig, "Roll out the frozen SLM to a table.")

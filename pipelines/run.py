@@ -653,9 +653,6 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     return summary
 
 
-# The config fields offered on the command line.
-
-
 def make_parser() -> argparse.ArgumentParser:
     """Command-line parser derived from :class:`RunConfig`."""
     return config_parser(RunConfig, "Run the R2V chain at demo scale.")

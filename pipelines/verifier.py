@@ -443,9 +443,6 @@ def _slm_candidate_metrics(
     return sub
 
 
-# The config fields offered on the command line.
-
-
 def make_parser() -> argparse.ArgumentParser:
     """Command-line parser derived from :class:`VerifierConfig`."""
     return config_parser(VerifierConfig, "Train the process verifier V(x, a).")
