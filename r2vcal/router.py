@@ -26,6 +26,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from numbers import Integral, Real
 from typing import Any
 
@@ -606,9 +607,7 @@ class CVaRBrierRouter(BaseRouter):
         def fun(theta: NDArray[np.float64], lam: float) -> tuple[float, Any]:
             return linear_objective(theta, data, lam, tail, alpha, sharp)
 
-        if data.start is None:  # one least-squares start per split, every penalty
-            data.start = self._linear_start(data)
-        theta = data.start.copy()
+        theta = data.start.copy()  # one least-squares start per split, every penalty
         lam = float(self.cvar_weight)
         total_iter = 0
 
@@ -887,8 +886,6 @@ class _TrainData:
     wsum: float = field(init=False)
     group_weight: NDArray[np.float64] = field(init=False)
     unit_weights: bool = field(init=False)
-    #: :meth:`CVaRBrierRouter._linear_start`, kept for the next penalty's solve.
-    start: NDArray[np.float64] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.wsum = float(self.w.sum())
@@ -896,6 +893,11 @@ class _TrainData:
             self.gidx, weights=self.w, minlength=self.n_groups
         ).astype(np.float64)
         self.unit_weights = bool(np.all(self.w == 1.0))
+
+    @cached_property
+    def start(self) -> NDArray[np.float64]:
+        """:meth:`CVaRBrierRouter._linear_start`, computed once per split."""
+        return CVaRBrierRouter._linear_start(self)
 
 
 def _train_data(X: NDArray[np.float64], rows: _Rows) -> _TrainData:
