@@ -657,13 +657,11 @@ def group_metrics(
             f"{y.shape[0]} samples."
         )
     try:
-        codes, labels = pd.factorize(pd.Series(list(g_arr)), sort=True)
+        codes, labels = group_codes(g_arr, y.shape[0], caller, sort=True)
     except TypeError as exc:
         raise ValueError(
             f"{caller}: groups must hold labels of one sortable type ({exc})."
         ) from None
-    if np.any(codes < 0):
-        raise ValueError(f"{caller}: groups contains missing values (NaN/None).")
     n_groups = len(labels)
     n = np.bincount(codes, minlength=n_groups).astype(np.float64)
     brier = _bincount(codes, (p - y) ** 2, n_groups) / n
